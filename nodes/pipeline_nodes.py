@@ -1,0 +1,164 @@
+"""The three contract nodes: LoadAIToolkitPipeline → ApplyAIToolkitLoRA → AIToolkitSample.
+
+Thin adapters: ComfyUI inputs → `pipelines` calls → ComfyUI types. No per-model branches; every default comes from
+the registry. Errors from the library (`AitkError`) reach the user as the node's error message.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ..pipelines import engine
+from ..pipelines.registry import REGISTRY, model_ids
+from ..pipelines.sources import CHECKPOINT_EXTS, LORA_EXTS
+from .comfy_bridge import check_interrupted, log, model_roots, step_callback
+
+PIPELINE_TYPE = "AITK_PIPELINE"
+CATEGORY = "AI Toolkit"
+_DEFAULTS_TEXT = "; ".join(f"{s.id}: {s.defaults.width}x{s.defaults.height}, {s.defaults.steps} steps, "
+                           f"guidance {s.defaults.guidance_scale:g}" for s in REGISTRY.values())
+
+
+def base_choices() -> list[str]:
+    roots = model_roots()
+    return ["default"] + roots.list_diffusers() + roots.list_files("checkpoints", CHECKPOINT_EXTS)
+
+
+def lora_choices() -> list[str]:
+    return model_roots().list_files("loras", LORA_EXTS)
+
+
+class LoadAIToolkitPipeline:
+    DESCRIPTION = ("Loads a base model as ai-toolkit samples it (Diffusers pipeline, ai-toolkit's preview scheduler "
+                   "and dtype). Loaded bases are cached and shared; LoRAs never change the cached base.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = (PIPELINE_TYPE,)
+    RETURN_NAMES = ("pipeline",)
+    OUTPUT_TOOLTIPS = ("A handle to the cached base model; connect it to ApplyAIToolkitLoRA or AIToolkitSample.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        ids = model_ids()
+        return {"required": {
+            "model": (ids, {"default": "sdxl" if "sdxl" in ids else ids[0],
+                            "tooltip": "The model family your LoRA was trained on (ai-toolkit's arch). Decides the "
+                                       "pipeline, scheduler, sizes and defaults."}),
+            "base": (base_choices(), {"default": "default",
+                                      "tooltip": "\"default\": the Hugging Face repo ai-toolkit's preset trains on "
+                                                 "(from the local HF cache, downloaded with progress if missing). Or "
+                                                 "a Diffusers folder from models/diffusers, or a single-file "
+                                                 "checkpoint from models/checkpoints. For exact previews use the "
+                                                 "same base (and source precision) you trained on."}),
+            "dtype": (["auto", "bf16", "fp16", "fp32"], {"default": "auto",
+                                                          "tooltip": "auto = what ai-toolkit samples with on the "
+                                                                     "device: bf16 on CUDA, fp32 on CPU. Use your "
+                                                                     "training config's train.dtype for exactness."}),
+            "device": (["auto", "cuda", "cpu"], {"default": "auto", "tooltip": "auto = CUDA when available."}),
+        }}
+
+    def load(self, model, base="default", dtype="auto", device="auto"):
+        return (engine.load(model, base=base, dtype=dtype, device=device, roots=model_roots()),)
+
+
+class ApplyAIToolkitLoRA:
+    DESCRIPTION = ("Adds an ai-toolkit LoRA to the pipeline handle and returns a new handle (the input handle and "
+                   "the cached base are unchanged). Every key is matched; the report lists what applied.")
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = (PIPELINE_TYPE,)
+    RETURN_NAMES = ("pipeline",)
+    OUTPUT_TOOLTIPS = ("The pipeline with this LoRA chained; chain more ApplyAIToolkitLoRA nodes to stack LoRAs.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "pipeline": (PIPELINE_TYPE, {"tooltip": "From LoadAIToolkitPipeline or another ApplyAIToolkitLoRA."}),
+            "lora_name": (lora_choices(), {"tooltip": "An ai-toolkit LoRA file (.safetensors) from models/loras. "
+                                                      "Save with save.dtype fp32 for pixel-exact previews."}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+                                   "tooltip": "ai-toolkit's network_multiplier (1.0 = as trained). A --m flag in "
+                                              "the prompt overrides it, as in ai-toolkit."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, lora_name, **_):
+        path = model_roots().resolve("loras", lora_name)
+        if not path:
+            return lora_name
+        st = os.stat(path)
+        return f"{lora_name}:{st.st_mtime_ns}:{st.st_size}"
+
+    def apply(self, pipeline, lora_name, strength=1.0):
+        handle = engine.apply_lora(pipeline, lora_name, strength, roots=model_roots())
+        report = handle.loras[-1].bound.report
+        log.info("[AI Toolkit] %s", report.summary())
+        return {"ui": {"text": [report.summary()]}, "result": (handle,)}
+
+
+class AIToolkitSample:
+    DESCRIPTION = ("Renders ai-toolkit's training preview for a prompt: same sampler, noise, negative handling, "
+                   "CFG and size rounding as ai-toolkit's sampler. Connect SaveImage to keep the exact pixels.")
+    CATEGORY = CATEGORY
+    FUNCTION = "sample"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The preview's 8-bit pixels (values k/255), so SaveImage writes exactly ai-toolkit's image.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "pipeline": (PIPELINE_TYPE, {"tooltip": "From LoadAIToolkitPipeline or ApplyAIToolkitLoRA."}),
+                "prompt": ("STRING", {"multiline": True, "default": "photo of [trigger]",
+                                      "tooltip": "A sample prompt as written in your training config. [trigger] and "
+                                                 "[name] become the trigger word; ai-toolkit flags (--n negative, "
+                                                 "--w/--h size, --seed/--d, --cfg/--l, --steps/--s, --m strength, "
+                                                 "--gr rescale) override this node's values."}),
+                "negative_prompt": ("STRING", {"multiline": True, "default": "",
+                                               "tooltip": "ai-toolkit's `neg`. An empty negative is text-encoded, "
+                                                          "as ai-toolkit does (not zeros)."}),
+                "trigger_word": ("STRING", {"default": "",
+                                            "tooltip": "Your config's trigger_word. Empty = no trigger word: "
+                                                       "[trigger] then stays in the text literally, exactly as "
+                                                       "ai-toolkit renders it without one."}),
+                "width": ("INT", {"default": 0, "min": 0, "max": engine.MAX_SIDE, "step": 8,
+                                  "tooltip": "0 = model default (" + _DEFAULTS_TEXT + "). Floored to the model's "
+                                             "divisor as ai-toolkit does (SD/SDXL: multiple of 8, minimum 64)."}),
+                "height": ("INT", {"default": 0, "min": 0, "max": engine.MAX_SIDE, "step": 8,
+                                   "tooltip": "0 = model default. Floored like width."}),
+                "seed": ("INT", {"default": 42, "min": 0, "max": engine.MAX_SEED,
+                                 "tooltip": "ai-toolkit's sample seed (seed + i for prompt i with walk_seed). "
+                                            "Noise comes from a CPU generator, so it does not depend on the GPU."}),
+                "steps": ("INT", {"default": 0, "min": 0, "max": engine.MAX_STEPS,
+                                  "tooltip": "sample_steps; 0 = model default."}),
+                "guidance_scale": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.1,
+                                             "tooltip": "guidance_scale as written in your training config "
+                                                        "(-1 = model default). Mapped to each model's own meaning."}),
+            },
+            "optional": {
+                "guidance_rescale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                               "tooltip": "sample.guidance_rescale (SDXL only, as in ai-toolkit)."}),
+                "control_image": ("IMAGE", {"tooltip": "Control/reference image for edit and image-to-video "
+                                                       "models; unused by text-to-image models."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def sample(self, pipeline, prompt, negative_prompt="", trigger_word="", width=0, height=0, seed=42, steps=0,
+               guidance_scale=-1.0, guidance_rescale=0.0, control_image=None, unique_id=None):
+        spec = pipeline.spec
+        if control_image is not None and spec.control_image is None:
+            log.warning("[AI Toolkit] %s takes no control image; the connected image is ignored.", spec.id)
+        request = engine.build_request(spec, prompt, negative_prompt, trigger_word, width, height, seed, steps,
+                                       guidance_scale, guidance_rescale)
+        check_interrupted()
+        pixels = engine.render(pipeline, request, on_step=step_callback(spec, request.steps, unique_id))
+        return (images_to_comfy(pixels),)
+
+
+def images_to_comfy(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] → ComfyUI IMAGE float32 k/255 (SaveImage's `clip(255 * x)` gives back exactly k)."""
+    return torch.from_numpy(pixels.astype(np.float32) / np.float32(255.0))

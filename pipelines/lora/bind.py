@@ -1,0 +1,175 @@
+"""Bind a LoRA file to a loaded base: every module matched to a live weight, every key accounted for.
+
+The result is a `BoundLora` (what to merge where) and a `MatchReport` (applied / not applied by component, unknown
+keys). A file where nothing applies is an error that names the file and the likely cause; a file made for another
+model family (by its `ss_base_model_version` metadata or its key names) is refused before anything is touched.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+
+from ..errors import LoraError
+from .files import load_tensors, lora_info, LoraInfo
+from .keymap import build_index
+from .parse import LoraModule, parse_tensors
+
+# ai-toolkit / kohya `ss_base_model_version` values -> a family name for messages.
+KNOWN_BASE_VERSIONS = {
+    "sd_1.5": "SD 1.5", "sd_v1": "SD 1.5", "sd_2.1": "SD 2.1", "sd_v2": "SD 2.x", "sdxl_1.0": "SDXL",
+    "sdxl_base_v1-0": "SDXL", "ssd": "SSD-1B", "vega": "Vega", "flux.1": "FLUX.1", "flex.1": "Flex.1",
+    "lumina2": "Lumina2", "sd_3": "SD3", "pixart": "PixArt", "auraflow": "AuraFlow", "qwen_image": "Qwen-Image",
+    "zimage": "Z-Image", "wan_2.1": "Wan 2.1", "wan_2.2_14b": "Wan 2.2", "wan_2.2_5b": "Wan 2.2 5B",
+    "chroma": "Chroma", "hidream_i1": "HiDream", "flux2": "FLUX.2", "omnigen2": "OmniGen2", "ltx2": "LTX-2",
+}
+# Key fragments that give away a family when nothing matched.
+KEY_HINTS = (
+    ("double_blocks", "FLUX.1/Chroma/FLUX.2 (BFL layout)"), ("single_transformer_blocks", "FLUX.1 (Diffusers layout)"),
+    ("transformer_blocks.0.attn.add_q_proj", "FLUX.1/Qwen-Image"), ("img_mlp", "Qwen-Image"),
+    ("double_stream_blocks", "HiDream"), ("diffusion_model.layers.", "Z-Image/Lumina2"),
+    ("self_attn.q.", "Wan"), ("blocks.0.cross_attn", "Wan"), ("lora_unet_input_blocks", "SDXL (SGM names) or SD 1.5"),
+    ("lora_te2_", "SDXL"), ("lora_te1_", "SDXL"),
+)
+
+
+@dataclass
+class Target:
+    component: str
+    path: str
+    module: LoraModule
+
+
+@dataclass
+class MatchReport:
+    file: str
+    total_keys: int = 0
+    applied: dict = field(default_factory=dict)           # component -> modules applied
+    applied_keys: int = 0
+    zero_modules: int = 0                                   # matched but all-zero (nothing to merge)
+    shape_mismatch: list = field(default_factory=list)     # module names
+    unsupported: list = field(default_factory=list)        # (module name, reason)
+    unmatched: list = field(default_factory=list)          # module names with no target in this model
+    leftovers: list = field(default_factory=list)          # keys that are not LoRA module tensors
+
+    @property
+    def applied_modules(self) -> int:
+        return sum(self.applied.values())
+
+    @property
+    def not_applied_keys(self) -> int:
+        return self.total_keys - self.applied_keys
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.unmatched:
+            out.append(f"{len(self.unmatched)} modules match no layer of this model: {_first(self.unmatched)}")
+        if self.shape_mismatch:
+            out.append(f"{len(self.shape_mismatch)} modules have the wrong shape: {_first(self.shape_mismatch)}")
+        for reason in sorted({r for _, r in self.unsupported}):
+            names = [n for n, r in self.unsupported if r == reason]
+            out.append(f"{len(names)} modules not applied ({reason}): {_first(names)}")
+        if self.leftovers:
+            out.append(f"{len(self.leftovers)} keys are not LoRA weights and were ignored: {_first(self.leftovers)}")
+        return out
+
+    def summary(self) -> str:
+        parts = ", ".join(f"{c} {n}" for c, n in sorted(self.applied.items())) or "nothing"
+        head = (f"{self.file}: applied {self.applied_keys}/{self.total_keys} keys "
+                f"({self.applied_modules} modules: {parts})")
+        if self.zero_modules:
+            head += f", {self.zero_modules} of them all-zero"
+        return "\n".join([head] + ["  warning: " + w for w in self.warnings()])
+
+    def as_dict(self) -> dict:
+        return {"file": self.file, "total_keys": self.total_keys, "applied_keys": self.applied_keys,
+                "applied": dict(self.applied), "zero_modules": self.zero_modules,
+                "shape_mismatch": list(self.shape_mismatch), "unsupported": [list(u) for u in self.unsupported],
+                "unmatched": list(self.unmatched), "leftovers": list(self.leftovers)}
+
+
+def _first(names, n=3) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (f" … (+{len(names) - n})" if len(names) > n else "")
+
+
+_tokens = itertools.count(1)
+
+
+@dataclass
+class BoundLora:
+    path: str
+    targets: list
+    report: MatchReport
+    info: LoraInfo
+    token: int = field(default_factory=lambda: next(_tokens))  # identity for merge signatures (ids get reused)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+
+def _foreign_family(spec, info: LoraInfo) -> str | None:
+    version = (info.base_model_version or "").strip().lower()
+    if not version or version in {v.lower() for v in spec.base_versions}:
+        return None
+    return KNOWN_BASE_VERSIONS.get(version)
+
+
+def _guess_from_keys(keys) -> str | None:
+    for fragment, family in KEY_HINTS:
+        if any(fragment in k for k in keys):
+            return family
+    return None
+
+
+def bind_lora(path: str, spec, components: dict) -> BoundLora:
+    """Read `path` and match it against the live `components` of a `spec` pipeline. Touches no weights."""
+    name = os.path.basename(path)
+    info = lora_info(path)
+    foreign = _foreign_family(spec, info)
+    if foreign:
+        raise LoraError(f"{name} is a {foreign} LoRA (its metadata says ss_base_model_version="
+                        f"{info.base_model_version!r}); the pipeline is {spec.label}. Load the matching model "
+                        "in LoadAIToolkitPipeline.")
+    tensors = load_tensors(path)
+    parsed = parse_tensors(tensors)
+    index = build_index(components, spec.lora)
+    report = MatchReport(file=name, total_keys=len(tensors), leftovers=list(parsed.leftovers))
+    targets = []
+    for mod_name, mod in parsed.modules.items():
+        kind = mod.kind
+        if kind in ("unsupported", "incomplete"):
+            report.unsupported.append((mod_name, mod.unsupported_reason))
+            continue
+        hit = index.get(mod_name)
+        if hit is None:
+            report.unmatched.append(mod_name)
+            continue
+        comp, mpath = hit
+        weight = components[comp].get_submodule(mpath).weight
+        if mod.expected_shape() is not None and tuple(weight.shape) != tuple(mod.expected_shape()):
+            report.shape_mismatch.append(mod_name)
+            continue
+        report.applied[comp] = report.applied.get(comp, 0) + 1
+        report.applied_keys += len(mod.keys)
+        report.zero_modules += int(mod.is_zero())
+        targets.append(Target(comp, mpath, mod))
+    if targets and len(report.shape_mismatch) >= len(targets):
+        raise LoraError(f"{name} does not fit {spec.label}: {len(report.shape_mismatch)} of its modules have the "
+                        f"wrong shape and only {len(targets)} fit. It was trained on another model with the same "
+                        "layer names (e.g. SD 1.5 against SDXL). Load the model it was trained on.")
+    if not targets:
+        guess = _guess_from_keys(tensors) if not report.shape_mismatch else None
+        if report.shape_mismatch and not report.unmatched:
+            cause = "every module has the wrong shape: it was trained on another model with the same layer names"
+            cause += " (e.g. an SD 1.5 LoRA on SDXL or the other way round)"
+        elif guess:
+            cause = f"this looks like a {guess} LoRA"
+        elif not parsed.modules:
+            cause = "it holds no LoRA weights (is it a checkpoint or an embedding?)"
+        else:
+            cause = "none of its layer names exist in this model"
+        raise LoraError(f"No key of {name} applies to {spec.label} ({len(tensors)} keys): {cause}. "
+                        "Use a LoRA trained for this model, or load the model it was trained on.")
+    return BoundLora(path, targets, report, info)

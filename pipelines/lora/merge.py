@@ -1,0 +1,90 @@
+"""Merging LoRA stacks into a cached base the way ai-toolkit samples with them, and restoring it exactly.
+
+ai-toolkit merges the fp32 LoRA into the weights before sampling when every prompt shares one multiplier
+(`merge_in`): `W_new = (W.float() + m * product * scale).to(W.dtype)`, one rounding. Its `merge_out` subtracts
+again, which drifts the base; here the touched weights are instead kept pristine (a CPU copy taken the first time a
+weight is touched) and copied back, which is exact and cheaper. Several LoRAs of one chain are summed in fp32 in
+chain order and rounded once.
+
+`WeightPatcher.set_stack(stack)` brings the base to "pristine + stack"; calling it with the stack already in place
+does nothing. Any failure restores every touched weight before the error propagates.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def _exact_matmul():
+    """fp32 matmuls without TF32 (torch's default, which ai-toolkit keeps); other nodes may have flipped it."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+class WeightPatcher:
+    """Owns the LoRA state of one cached base (its components dict: name -> nn.Module)."""
+
+    def __init__(self, components: dict):
+        self.components = components
+        self.pristine: dict = {}   # (component, module path, "weight"|"bias") -> CPU tensor
+        self.signature: tuple = ()
+        self.lock = threading.RLock()
+
+    def _param(self, key):
+        comp, path, attr = key
+        return getattr(self.components[comp].get_submodule(path), attr)
+
+    def restore(self) -> None:
+        """Copy every touched weight back from its pristine copy."""
+        with self.lock, torch.no_grad():
+            for key, saved in self.pristine.items():
+                param = self._param(key)
+                param.data.copy_(saved.to(param.device), non_blocking=False)
+            self.signature = ()
+
+    def set_stack(self, stack) -> None:
+        """stack: sequence of (BoundLora, multiplier). Brings the base to pristine + the stack, merged once."""
+        signature = tuple((b.token, float(m)) for b, m in stack)
+        with self.lock:
+            if signature == self.signature:
+                return
+            try:
+                self.restore()
+                self._merge(stack)
+                self.signature = signature
+            except BaseException:
+                self.restore()
+                raise
+
+    def _merge(self, stack) -> None:
+        grouped: dict = {}
+        for bound, multiplier in stack:
+            for target in bound.targets:
+                if target.module.is_zero():
+                    continue  # ai-toolkit skips all-zero modules: the weight is not rewritten at all
+                grouped.setdefault((target.component, target.path), []).append((target.module, float(multiplier)))
+        with torch.no_grad(), _exact_matmul():
+            for (comp, path), entries in grouped.items():
+                module = self.components[comp].get_submodule(path)
+                self._merge_param(comp, path, module, "weight", entries, lambda m, mult, dev: m.weight_term(mult, dev))
+                if any("diff_b" in m.tensors for m, _ in entries) and getattr(module, "bias", None) is not None:
+                    self._merge_param(comp, path, module, "bias", entries, lambda m, mult, dev: m.bias_term(mult, dev))
+
+    def _merge_param(self, comp, path, module, attr, entries, term) -> None:
+        param = getattr(module, attr)
+        key = (comp, path, attr)
+        if key not in self.pristine:
+            self.pristine[key] = param.detach().to("cpu", copy=True)
+        acc = param.detach().float()
+        for lora_module, multiplier in entries:
+            add = term(lora_module, multiplier, param.device)
+            if add is not None:
+                acc = acc + add
+        param.data.copy_(acc.to(param.dtype))

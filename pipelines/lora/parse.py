@@ -1,0 +1,141 @@
+"""Group a LoRA file's tensors into modules and compute each module's weight delta the way ai-toolkit merges it.
+
+Layouts: kohya (`<name>.lora_down.weight` / `.lora_up.weight` / `.alpha`, scale = alpha / rank), peft/Diffusers
+(`<name>.lora_A.weight` / `.lora_B.weight`, scale 1: ai-toolkit forces alpha = rank for peft files), ai-toolkit
+`fullrank` (a full `lora_down` with no `lora_up`), and full deltas (`.diff` / `.diff_b`). Every tensor ends up in
+exactly one module or in `leftovers`, so the match report can account for all keys.
+
+The delta math is `toolkit/network_mixins.py:ToolkitModuleMixin.merge_in` written out: fp32 factors, linear
+`up @ down`, 1x1 conv by squeezed matmul, 3x3 conv by `conv2d(down.permute(1, 0, 2, 3), up)`, then
+`multiplier * product * scale` in that order (the order matters for bit-exact fp32 results).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+_SUFFIXES = {
+    ".lora_down.weight": "down", ".lora_up.weight": "up", ".lora_A.weight": "down", ".lora_B.weight": "up",
+    ".alpha": "alpha", ".diff": "diff", ".diff_b": "diff_b", ".dora_scale": "dora_scale",
+    ".lora_mid.weight": "mid", ".lokr_w1": "lokr_w1", ".lokr_w2": "lokr_w2", ".lokr_w1_a": "lokr_w1_a",
+    ".lokr_w1_b": "lokr_w1_b", ".lokr_w2_a": "lokr_w2_a", ".lokr_w2_b": "lokr_w2_b", ".lokr_t2": "lokr_t2",
+    ".hada_w1_a": "hada", ".hada_w1_b": "hada", ".hada_w2_a": "hada", ".hada_w2_b": "hada",
+    ".scalar": "scalar", ".lora_down.bias": "down_bias", ".lora_up.bias": "up_bias",
+}
+_PEFT_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+
+
+@dataclass
+class LoraModule:
+    name: str                      # the module name as written in the file (without the suffix)
+    style: str                     # "kohya" or "peft"
+    tensors: dict = field(default_factory=dict)   # part -> tensor
+    keys: list = field(default_factory=list)      # the file keys this module consumed
+
+    @property
+    def kind(self) -> str:
+        t = self.tensors
+        if any(k.startswith("lokr") for k in t) or "hada" in t or "dora_scale" in t or "mid" in t:
+            return "unsupported"
+        if "diff" in t or "diff_b" in t:
+            return "full"
+        if "down" in t and "up" in t:
+            return "lora"
+        if "down" in t and "up" not in t:
+            return "fullrank"
+        return "incomplete"
+
+    @property
+    def unsupported_reason(self) -> str:
+        t = self.tensors
+        if any(k.startswith("lokr") for k in t):
+            return "LoKr modules are not supported yet"
+        if "hada" in t:
+            return "LoHa modules are not supported"
+        if "dora_scale" in t:
+            return "DoRA modules are not supported yet"
+        if "mid" in t:
+            return "Tucker (lora_mid) modules are not supported"
+        return "incomplete module (missing up or down tensor)"
+
+    @property
+    def rank(self) -> int:
+        return int(self.tensors["down"].shape[0])
+
+    @property
+    def scale(self) -> float:
+        if self.style == "peft" or self.kind != "lora" or "alpha" not in self.tensors:
+            return 1.0
+        alpha = float(self.tensors["alpha"].detach().float().item())
+        alpha = self.rank if alpha == 0 else alpha
+        return float(alpha) / self.rank
+
+    def is_zero(self) -> bool:
+        t = self.tensors
+        if self.kind == "lora":
+            return not t["up"].any() or not t["down"].any()
+        if self.kind == "fullrank":
+            return not t["down"].any()
+        return not any(t[k].any() for k in ("diff", "diff_b") if k in t)
+
+    def expected_shape(self) -> tuple | None:
+        """The target weight's shape this module implies (None when it cannot tell)."""
+        t = self.tensors
+        if self.kind == "lora":
+            down, up = t["down"], t["up"]
+            if down.ndim == 2:
+                return (up.shape[0], down.shape[1])
+            return (up.shape[0], down.shape[1], *down.shape[2:])
+        if self.kind == "fullrank":
+            return tuple(t["down"].shape)
+        if "diff" in t:
+            return tuple(t["diff"].shape)
+        return None
+
+    def weight_term(self, multiplier: float, device) -> torch.Tensor:
+        """`multiplier * product * scale` in fp32 on `device`: the term ai-toolkit adds to the fp32 weight."""
+        t = self.tensors
+        if self.kind == "full":
+            return multiplier * t["diff"].to(device).float()
+        down = t["down"].to(device).float()
+        if self.kind == "fullrank":
+            return multiplier * down * self.scale
+        up = t["up"].to(device).float()
+        if down.ndim == 2:
+            product = up @ down
+        elif down.shape[2:4] == (1, 1):
+            product = (up.squeeze(3).squeeze(2) @ down.squeeze(3).squeeze(2)).unsqueeze(2).unsqueeze(3)
+        else:
+            product = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+        return multiplier * product * self.scale
+
+    def bias_term(self, multiplier: float, device) -> torch.Tensor | None:
+        if "diff_b" not in self.tensors:
+            return None
+        return multiplier * self.tensors["diff_b"].to(device).float()
+
+
+@dataclass
+class ParsedLora:
+    modules: dict            # name -> LoraModule
+    leftovers: list          # keys that belong to no module (embeddings, unknown tensors)
+
+
+def parse_tensors(tensors: dict) -> ParsedLora:
+    modules: dict[str, LoraModule] = {}
+    leftovers = []
+    for key in sorted(tensors):
+        for suffix, part in _SUFFIXES.items():
+            if key.endswith(suffix):
+                name = key[: -len(suffix)]
+                style = "peft" if suffix in _PEFT_SUFFIXES else "kohya"
+                mod = modules.setdefault(name, LoraModule(name, style))
+                if style == "peft":
+                    mod.style = "peft"
+                mod.tensors[part] = tensors[key]
+                mod.keys.append(key)
+                break
+        else:
+            leftovers.append(key)
+    return ParsedLora(modules, leftovers)

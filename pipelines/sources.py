@@ -1,0 +1,144 @@
+"""Where base models and LoRA files come from: model roots, name resolution, and the Hugging Face cache.
+
+A name given to a node resolves only inside the model roots (`diffusers/`, `checkpoints/`, `loras/`): inside
+ComfyUI those are its `folder_paths` folders (the nodes pass them in); outside, the folder named by
+`AITK_MODELS_DIR`. `"default"` means the registry's Hugging Face repo, taken from the local HF cache or downloaded
+(with huggingface_hub's progress bar) when the machine is online.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from .errors import LoraError, ModelSourceError
+from .registry import ModelSpec
+
+MODELS_ENV = "AITK_MODELS_DIR"
+CHECKPOINT_EXTS = (".safetensors",)
+LORA_EXTS = (".safetensors",)
+CONFIG_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+# What a Diffusers repo download needs: configs, tokenizers and the full-precision weights; never fp16 variants,
+# single-file copies, .bin duplicates or the SD1.5 safety checker.
+HUB_ALLOW = ["model_index.json", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors",
+             "*/model.safetensors", "*/*.model"]
+HUB_IGNORE = ["safety_checker/*", "feature_extractor/*"]
+
+
+@dataclass(frozen=True)
+class ModelRoots:
+    diffusers: tuple[str, ...] = ()
+    checkpoints: tuple[str, ...] = ()
+    loras: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls) -> "ModelRoots":
+        base = os.environ.get(MODELS_ENV)
+        if not base:
+            return cls()
+        return cls(*(tuple([os.path.join(base, sub)]) for sub in ("diffusers", "checkpoints", "loras")))
+
+    def folders(self, kind: str) -> tuple[str, ...]:
+        return getattr(self, kind)
+
+    def list_files(self, kind: str, exts: tuple[str, ...]) -> list[str]:
+        names = set()
+        for root in self.folders(kind):
+            for dirpath, _, files in os.walk(root, followlinks=True):
+                for f in files:
+                    if f.lower().endswith(exts):
+                        names.add(os.path.relpath(os.path.join(dirpath, f), root).replace(os.sep, "/"))
+        return sorted(names)
+
+    def list_diffusers(self) -> list[str]:
+        names = set()
+        for root in self.diffusers:
+            for dirpath, dirs, files in os.walk(root, followlinks=True):
+                if "model_index.json" in files:
+                    names.add(os.path.relpath(dirpath, root).replace(os.sep, "/"))
+                    dirs[:] = []  # a pipeline's component folders are not pipelines
+        return sorted(names)
+
+    def resolve(self, kind: str, name: str) -> str | None:
+        """Absolute path of `name` inside one of the `kind` roots, or None. Never escapes the roots."""
+        if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+            return None
+        for root in self.folders(kind):
+            path = os.path.realpath(os.path.join(root, name))
+            if os.path.commonpath([path, os.path.realpath(root)]) == os.path.realpath(root) and os.path.exists(path):
+                return path
+        return None
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """A resolved base model: `kind` is "hub", "diffusers" or "single_file"."""
+    kind: str
+    location: str        # repo id, or an absolute path
+    config_dir: str | None = None  # single files: the Diffusers config folder used to build the pipeline
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.location}"
+
+
+def resolve_base(spec: ModelSpec, base: str, roots: ModelRoots) -> BaseSource:
+    base = (base or "default").strip()
+    if base == "default":
+        return BaseSource("hub", spec.base_repo)
+    folder = roots.resolve("diffusers", base)
+    if folder and os.path.isfile(os.path.join(folder, "model_index.json")):
+        return BaseSource("diffusers", folder)
+    ckpt = roots.resolve("checkpoints", base)
+    if ckpt and os.path.isfile(ckpt):
+        return BaseSource("single_file", ckpt, single_file_config_dir(spec, ckpt))
+    raise ModelSourceError(
+        f"Base model {base!r} was not found for {spec.id}. Use \"default\" ({spec.base_repo} from the Hugging Face "
+        f"cache), a Diffusers folder (with model_index.json) under diffusers/ {list(roots.diffusers)}, or a "
+        f"single-file checkpoint under checkpoints/ {list(roots.checkpoints)}.")
+
+
+def single_file_config_dir(spec: ModelSpec, checkpoint: str) -> str:
+    """The config folder for a single-file checkpoint: a Diffusers config folder next to it with the same name
+    (`foo/model_index.json` beside `foo.safetensors`, for non-standard models) or the one shipped for the model."""
+    sidecar = os.path.splitext(checkpoint)[0]
+    if os.path.isfile(os.path.join(sidecar, "model_index.json")):
+        return sidecar
+    if not spec.single_file_config:
+        raise ModelSourceError(f"{spec.id} cannot load single-file checkpoints ({os.path.basename(checkpoint)}); "
+                               "use a Diffusers folder under diffusers/ or \"default\".")
+    return os.path.join(CONFIG_ROOT, spec.single_file_config)
+
+
+def hub_snapshot(repo_id: str, allow_download: bool | None = None) -> str:
+    """Local folder of `repo_id` from the HF cache; downloads it (progress bar on the console) when allowed."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, local_files_only=True, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE)
+    except Exception as cached_exc:  # noqa: BLE001 - not cached (or incomplete): maybe download
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        if allow_download is None:
+            allow_download = not offline
+        if not allow_download:
+            raise ModelSourceError(
+                f"{repo_id} is not in the local Hugging Face cache and downloading is off (HF_HUB_OFFLINE). "
+                f"Download it once with `hf download {repo_id}`, or put a Diffusers folder under the diffusers "
+                "model folder and select it as base.") from cached_exc
+    try:
+        return snapshot_download(repo_id, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelSourceError(
+            f"Could not download {repo_id} from Hugging Face ({type(exc).__name__}: {exc}). Check the network "
+            f"(and a token for gated repos), or put a Diffusers folder under the diffusers model folder.") from exc
+
+
+def resolve_lora(name: str, roots: ModelRoots) -> str:
+    """Path of a LoRA file given by name (with or without `.safetensors`), inside the `loras` roots only."""
+    candidates = [name] if name.lower().endswith(LORA_EXTS) else [name + ".safetensors", name]
+    for cand in candidates:
+        path = roots.resolve("loras", cand)
+        if path and os.path.isfile(path):
+            return path
+    raise LoraError(f"LoRA {name!r} was not found in the loras folders {list(roots.loras)}. Put the .safetensors "
+                    "file there (names are relative to that folder; paths outside it are not allowed).")
