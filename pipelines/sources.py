@@ -114,8 +114,11 @@ def hub_snapshot(repo_id: str, allow_download: bool | None = None) -> str:
     """Local folder of `repo_id` from the HF cache; downloads it (progress bar on the console) when allowed."""
     from huggingface_hub import snapshot_download
 
+    # read at call time (huggingface_hub reads it once at import)
+    where = dict(cache_dir=os.environ.get("HF_HUB_CACHE") or None, allow_patterns=HUB_ALLOW,
+                 ignore_patterns=HUB_IGNORE)
     try:
-        return snapshot_download(repo_id, local_files_only=True, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE)
+        return snapshot_download(repo_id, local_files_only=True, **where)
     except Exception as cached_exc:  # noqa: BLE001 - not cached (or incomplete): maybe download
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         if allow_download is None:
@@ -126,7 +129,7 @@ def hub_snapshot(repo_id: str, allow_download: bool | None = None) -> str:
                 f"Download it once with `hf download {repo_id}`, or put a Diffusers folder under the diffusers "
                 "model folder and select it as base.") from cached_exc
     try:
-        return snapshot_download(repo_id, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE)
+        return snapshot_download(repo_id, **where)
     except Exception as exc:  # noqa: BLE001
         raise ModelSourceError(
             f"Could not download {repo_id} from Hugging Face ({type(exc).__name__}: {exc}). Check the network "
