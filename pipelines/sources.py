@@ -64,8 +64,9 @@ class ModelRoots:
         if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
             return None
         for root in self.folders(kind):
-            path = os.path.realpath(os.path.join(root, name))
-            if os.path.commonpath([path, os.path.realpath(root)]) == os.path.realpath(root) and os.path.exists(path):
+            # lexically inside the root (no "..", not absolute); symlinked files in the folder are the user's choice
+            path = os.path.normpath(os.path.join(root, name))
+            if path.startswith(os.path.normpath(root) + os.sep) and os.path.exists(path):
                 return path
         return None
 

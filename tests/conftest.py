@@ -40,6 +40,8 @@ from aitk_pack.pipelines import tiny  # noqa: E402
 from tests.fixtures.single_file import pipeline_to_single_file  # noqa: E402
 
 TRIGGER = "ohwx"
+# Tests run on the CPU (CI); set AITK_TEST_DEVICE=cuda on a GPU machine to run the parity checks there.
+DEVICE = os.environ.get("AITK_TEST_DEVICE", "cpu")
 # name -> (model, make_lora kwargs, dtype)
 LORA_FILES = {
     "{m}_kohya": dict(),

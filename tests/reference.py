@@ -23,7 +23,7 @@ SD_CONFIG = {
 }
 
 
-def load_components(folder: str, xl: bool, dtype: torch.dtype) -> dict:
+def load_components(folder: str, xl: bool, dtype: torch.dtype, device: str = "cpu") -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -38,22 +38,24 @@ def load_components(folder: str, xl: bool, dtype: torch.dtype) -> dict:
         parts["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
     for part in parts.values():
         if isinstance(part, torch.nn.Module):
-            part.to(dtype)
+            part.to(device=device, dtype=dtype)
             part.requires_grad_(False)
             part.eval()
     return parts
 
 
-def _ids(tokenizer, text):
-    return tokenizer(text, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+def _ids(tokenizer, text, device):
+    return tokenizer(text, padding="max_length", max_length=77, truncation=True,
+                     return_tensors="pt").input_ids.to(device)
 
 
 def encode(parts: dict, text: str, text_2: str | None = None):
+    device = parts["text_encoder"].device
     with torch.no_grad():
         if "text_encoder_2" not in parts:
-            return parts["text_encoder"](_ids(parts["tokenizer"], text))[0], None
-        out1 = parts["text_encoder"](_ids(parts["tokenizer"], text), output_hidden_states=True)
-        out2 = parts["text_encoder_2"](_ids(parts["tokenizer_2"], text if text_2 is None else text_2),
+            return parts["text_encoder"](_ids(parts["tokenizer"], text, device))[0], None
+        out1 = parts["text_encoder"](_ids(parts["tokenizer"], text, device), output_hidden_states=True)
+        out2 = parts["text_encoder_2"](_ids(parts["tokenizer_2"], text if text_2 is None else text_2, device),
                                        output_hidden_states=True)
         embeds = torch.cat([out1.hidden_states[-2], out2.hidden_states[-2]], dim=-1)
         return embeds, out2[0]
@@ -112,8 +114,9 @@ def merge_kohya(parts: dict, stack, te_prefixes: dict) -> int:
             if not key.endswith(".lora_down.weight"):
                 continue
             name = key[: -len(".lora_down.weight")]
-            down = state_dict[key].clone().float()
-            up = state_dict[name + ".lora_up.weight"].clone().float()
+            device = names[name].weight.device  # ai-toolkit merges on the device holding the LoRA (the GPU)
+            down = state_dict[key].clone().float().to(device)
+            up = state_dict[name + ".lora_up.weight"].clone().float().to(device)
             alpha = float(state_dict[name + ".alpha"].float().item())
             scale = alpha / down.shape[0]
             if down.ndim == 2:

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests import reference
+from tests.conftest import DEVICE
 
 TE_PREFIXES = {"sd15": {"text_encoder": "lora_te"}, "sdxl": {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -18,7 +19,7 @@ SMALL = dict(width=64, height=64, steps=5)
 
 def node_pixels(nodes, model, dtype, loras=(), **inputs):
     load, apply, sample = nodes
-    (handle,) = load.load(model=model, base=f"tiny-{model}", dtype=dtype, device="cpu")
+    (handle,) = load.load(model=model, base=f"tiny-{model}", dtype=dtype, device=DEVICE)
     for name, strength in loras:
         handle = apply.apply(pipeline=handle, lora_name=f"{name}.safetensors", strength=strength)["result"][0]
     values = dict(negative_prompt="", trigger_word="", seed=42, guidance_scale=6.0, **SMALL)
@@ -31,7 +32,7 @@ def node_pixels(nodes, model, dtype, loras=(), **inputs):
 def reference_pixels(models_dir, model, dtype, loras=(), prompt="", negative="", seed=42, guidance=6.0,
                      width=64, height=64, steps=5, guidance_rescale=0.0, negative_2=None):
     parts = reference.load_components(os.path.join(models_dir, "diffusers", f"tiny-{model}"), model == "sdxl",
-                                      DTYPES[dtype])
+                                      DTYPES[dtype], DEVICE)
     if loras:
         stack = [(load_file(os.path.join(models_dir, "loras", f"{n}.safetensors")), m) for n, m in loras]
         assert reference.merge_kohya(parts, stack, TE_PREFIXES[model]) > 0

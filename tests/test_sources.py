@@ -103,3 +103,18 @@ def test_bases_are_cached_and_the_cache_is_bounded(models_dir):
         engine.load("sd15", base="tiny-sd15", dtype=dtype, device="cpu")
     assert len(CACHE.bases()) <= CACHE.max_bases
     assert CACHE.loads > loads
+
+
+def test_symlinked_files_inside_a_model_folder_resolve(models_dir, tmp_path):
+    """Users often symlink model files into ComfyUI's folders; those resolve, `..` and absolute names never do."""
+    real = tmp_path / "elsewhere.safetensors"
+    real.write_bytes(b"x")
+    link = os.path.join(models_dir, "loras", "linked.safetensors")
+    os.symlink(real, link)
+    try:
+        roots = ModelRoots.from_env()
+        assert roots.resolve("loras", "linked.safetensors") == link
+        assert roots.resolve("loras", "../loras/linked.safetensors") is None
+        assert roots.resolve("loras", str(real)) is None
+    finally:
+        os.remove(link)

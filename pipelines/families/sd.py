@@ -70,16 +70,29 @@ def load_pipeline(spec, source: BaseSource, dtype: torch.dtype, device: str):
         raise ModelSourceError(
             f"Could not load {os.path.basename(source.location)} as {spec.label} ({type(exc).__name__}: {exc}). "
             f"Check that it is a {spec.label} model (Diffusers folder or single-file checkpoint).") from exc
-    for name, module in pipe.components.items():
-        if isinstance(module, torch.nn.Module):
+    _prepare_components(pipe, os.path.basename(source.location), spec, dtype, device)
+    return pipe
+
+
+def _prepare_components(pipe, label, spec, dtype, device) -> None:
+    """Every module complete (nothing left on meta), in `dtype` on `device`, frozen, in eval mode."""
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # `.to(dtype)` warns about keep-in-fp32 lists that are empty here
+    try:
+        for name, module in pipe.components.items():
+            if not isinstance(module, torch.nn.Module):
+                continue
             meta = [n for n, p in module.named_parameters() if p.device.type == "meta"]
             if meta:
-                raise ModelSourceError(f"{os.path.basename(source.location)}: {name} has weights missing from the "
-                                       f"file ({meta[0]} …). It does not look like a complete {spec.label} model.")
+                raise ModelSourceError(f"{label}: {name} has weights missing from the file ({meta[0]} …). It does "
+                                       f"not look like a complete {spec.label} model.")
             module.to(device=device, dtype=dtype)
             module.requires_grad_(False)
             module.eval()
-    return pipe
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def lora_components(pipe) -> dict:
