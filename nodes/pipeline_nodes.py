@@ -14,6 +14,7 @@ from ..pipelines import engine
 from ..pipelines.registry import REGISTRY, model_ids
 from ..pipelines.sources import CHECKPOINT_EXTS, LORA_EXTS
 from .comfy_bridge import check_interrupted, log, model_roots, step_callback
+from .memory import comfy_device, make_room
 
 PIPELINE_TYPE = "AITK_PIPELINE"
 CATEGORY = "AI Toolkit"
@@ -56,10 +57,14 @@ class LoadAIToolkitPipeline:
                                                           "tooltip": "auto = what ai-toolkit samples with on the "
                                                                      "device: bf16 on CUDA, fp32 on CPU. Use your "
                                                                      "training config's train.dtype for exactness."}),
-            "device": (["auto", "cuda", "cpu"], {"default": "auto", "tooltip": "auto = CUDA when available."}),
+            "device": (["auto", "cuda", "cpu"], {"default": "auto",
+                                                  "tooltip": "auto = ComfyUI's device inside ComfyUI (CUDA unless "
+                                                             "started with --cpu), else CUDA when available."}),
         }}
 
     def load(self, model, base="default", dtype="auto", device="auto"):
+        if device == "auto":
+            device = comfy_device() or "auto"  # inside ComfyUI: its device choice (e.g. --cpu)
         return (engine.load(model, base=base, dtype=dtype, device=device, roots=model_roots()),)
 
 
@@ -155,6 +160,7 @@ class AIToolkitSample:
         request = engine.build_request(spec, prompt, negative_prompt, trigger_word, width, height, seed, steps,
                                        guidance_scale, guidance_rescale)
         check_interrupted()
+        make_room(pipeline.base.device)
         pixels = engine.render(pipeline, request, on_step=step_callback(spec, request.steps, unique_id))
         return (images_to_comfy(pixels),)
 

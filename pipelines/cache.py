@@ -1,11 +1,14 @@
 """Loaded bases, shared by every handle that names the same model, source, dtype and device.
 
-The cache is size-bounded (least recently used bases are dropped first) and can be emptied on demand (ComfyUI's
-"Unload models", the CLI, tests). A base owns its `WeightPatcher`, so LoRA state never leaks between bases.
+The cache is size-bounded (least recently used bases are dropped first; `AITK_MAX_CACHED_BASES`, default 2) and
+can be released on demand (ComfyUI's "Unload models" / `POST /free`, or ComfyUI needing the GPU memory). A released
+base drops its weights at once even while handles still point at it; such a handle transparently loads the base
+again on its next render. A base owns its `WeightPatcher`, so LoRA state never leaks between bases.
 """
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -26,6 +29,21 @@ class LoadedBase:
     patcher: WeightPatcher
     bound: dict = field(default_factory=dict)   # (lora path, mtime, size) -> BoundLora
     lock: threading.RLock = field(default_factory=threading.RLock)
+    released: bool = False
+
+    def release(self) -> None:
+        """Drop the weights now (handles may outlive the cache entry; they reload on their next render)."""
+        with self.lock:
+            self.released = True
+            self.pipe = None
+            self.patcher = None
+            self.bound = {}
+
+    def size_bytes(self) -> int:
+        if self.patcher is None:
+            return 0
+        return sum(p.numel() * p.element_size() for m in self.pipe.components.values()
+                   if isinstance(m, torch.nn.Module) for p in m.parameters())
 
     @property
     def family(self):
@@ -37,8 +55,8 @@ class LoadedBase:
 
 
 class BaseCache:
-    def __init__(self, max_bases: int = 2):
-        self.max_bases = max_bases
+    def __init__(self, max_bases: int | None = None):
+        self.max_bases = max_bases or int(os.environ.get("AITK_MAX_CACHED_BASES", "2"))
         self._bases: OrderedDict = OrderedDict()
         self._lock = threading.RLock()
         self.loads = 0  # how many times a base was really loaded (tests and benchmarks read it)
@@ -56,21 +74,24 @@ class BaseCache:
             self.loads += 1
             self._bases[key] = base
             while len(self._bases) > max(1, self.max_bases):
-                self._bases.popitem(last=False)
+                self._bases.popitem(last=False)[1].release()
             return base
 
     def bases(self) -> list[LoadedBase]:
         with self._lock:
             return list(self._bases.values())
 
-    def clear(self) -> int:
+    def release(self, device: str | None = None) -> int:
+        """Release every cached base (or those on `device`); returns how many were released."""
         with self._lock:
-            n = len(self._bases)
-            self._bases.clear()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return n
+            keys = [k for k, b in self._bases.items() if device is None or b.device == device]
+            for key in keys:
+                self._bases.pop(key).release()
+        if keys:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return len(keys)
 
 
 CACHE = BaseCache()

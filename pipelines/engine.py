@@ -65,7 +65,9 @@ class PipelineHandle:
 
     def with_lora(self, path: str, strength: float = 1.0) -> "PipelineHandle":
         """A new handle with one more LoRA. The file is read and matched now, so errors surface here."""
-        return replace(self, loras=self.loras + (LoraLink(bind(self.base, path), float(strength)),))
+        base, chain = _live(self)
+        links = tuple(LoraLink(bound, s) for bound, s in chain)
+        return replace(self, base=base, loras=links + (LoraLink(bind(base, path), float(strength)),))
 
     def reports(self) -> list:
         return [link.bound.report for link in self.loras]
@@ -124,11 +126,20 @@ def build_request(spec, prompt: str, negative_prompt: str = "", trigger_word: st
     return replace(request, width=width, height=height, seed=seed)
 
 
+def _live(handle: PipelineHandle) -> tuple:
+    """(base, [(bound LoRA, strength)]) for a handle, reloading a base that memory management released."""
+    base = handle.base
+    if not base.released:
+        return base, [(link.bound, link.strength) for link in handle.loras]
+    base = CACHE.get(base.spec, base.source, base.dtype, base.device)
+    return base, [(bind(base, link.bound.path), link.strength) for link in handle.loras]
+
+
 def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None = None, on_step=None) -> np.ndarray:
     """Render one request with the handle's LoRA chain merged; returns uint8 [B, H, W, 3]."""
-    base = handle.base
-    stack = [(link.bound, link.strength if request.network_multiplier is None else request.network_multiplier)
-             for link in handle.loras]
+    base, chain = _live(handle)
+    multiplier = request.network_multiplier
+    stack = [(bound, strength if multiplier is None else multiplier) for bound, strength in chain]
     with base.lock:
         base.patcher.set_stack(stack)
         images = base.family.generate(base.spec, base.pipe, request, sampler=sampler, on_step=on_step)

@@ -118,3 +118,19 @@ def test_symlinked_files_inside_a_model_folder_resolve(models_dir, tmp_path):
         assert roots.resolve("loras", str(real)) is None
     finally:
         os.remove(link)
+
+
+def test_released_base_frees_weights_and_handles_reload(models_dir):
+    """What ComfyUI's "Unload models" triggers: the cache releases its bases; a handle still held by a graph keeps
+    working (the base and its LoRAs are loaded again) and renders the same pixels."""
+    from aitk_pack.pipelines.cache import CACHE
+
+    h = engine.load("sdxl", base="tiny-sdxl", dtype="fp32", device="cpu")
+    h = h.with_lora(os.path.join(models_dir, "loras", "sdxl_kohya.safetensors"), 0.8)
+    before = engine.generate(h, "a boat", **SMALL)
+    old = h.base
+    assert CACHE.release() >= 1
+    assert old.released and old.pipe is None and old.patcher is None
+    np.testing.assert_array_equal(engine.generate(h, "a boat", **SMALL), before)
+    chained = h.with_lora(os.path.join(models_dir, "loras", "sdxl_kohya_b.safetensors"), 0.5)
+    assert not chained.base.released and len(chained.loras) == 2
