@@ -17,6 +17,7 @@ from .comfy_bridge import check_interrupted, log, model_roots, step_callback
 from .memory import comfy_device, make_room
 
 PIPELINE_TYPE = "AITK_PIPELINE"
+LORA_MODES = {"merged": "merge", "fp32 branch": "branch"}
 CATEGORY = "AI Toolkit"
 _DEFAULTS_TEXT = "; ".join(f"{s.id}: {s.defaults.width}x{s.defaults.height}, {s.defaults.steps} steps, "
                            f"guidance {s.defaults.guidance_scale:g}" for s in REGISTRY.values())
@@ -148,12 +149,18 @@ class AIToolkitSample:
                                                "tooltip": "sample.guidance_rescale (SDXL only, as in ai-toolkit)."}),
                 "control_image": ("IMAGE", {"tooltip": "Control/reference image for edit and image-to-video "
                                                        "models; unused by text-to-image models."}),
+                "lora_mode": (list(LORA_MODES), {"default": "merged",
+                                                 "tooltip": "How ai-toolkit applied the LoRA in that sample event. "
+                                                            "merged: its default (fp32 merge, one rounding). fp32 "
+                                                            "branch: what it does when the run's sample prompts use "
+                                                            "different --m multipliers (or a quantized base): the "
+                                                            "LoRA runs unmerged in fp32 beside each layer."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, pipeline, prompt, negative_prompt="", trigger_word="", width=0, height=0, seed=42, steps=0,
-               guidance_scale=-1.0, guidance_rescale=0.0, control_image=None, unique_id=None):
+               guidance_scale=-1.0, guidance_rescale=0.0, control_image=None, lora_mode="merged", unique_id=None):
         spec = pipeline.spec
         if control_image is not None and spec.control_image is None:
             log.warning("[AI Toolkit] %s takes no control image; the connected image is ignored.", spec.id)
@@ -161,7 +168,8 @@ class AIToolkitSample:
                                        guidance_scale, guidance_rescale)
         check_interrupted()
         make_room(pipeline.base.device)
-        pixels = engine.render(pipeline, request, on_step=step_callback(spec, request.steps, unique_id))
+        pixels = engine.render(pipeline, request, on_step=step_callback(spec, request.steps, unique_id),
+                               lora_mode=LORA_MODES[lora_mode])
         return (images_to_comfy(pixels),)
 
 

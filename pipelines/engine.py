@@ -135,19 +135,20 @@ def _live(handle: PipelineHandle) -> tuple:
     return base, [(bind(base, link.bound.path), link.strength) for link in handle.loras]
 
 
-def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None = None, on_step=None) -> np.ndarray:
-    """Render one request with the handle's LoRA chain merged; returns uint8 [B, H, W, 3]."""
+def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None = None, on_step=None,
+           lora_mode: str = "merge") -> np.ndarray:
+    """Render one request with the handle's LoRA chain applied (`lora_mode` "merge", ai-toolkit's default, or
+    "branch": its unmerged fp32 path for sample events with mixed multipliers); returns uint8 [B, H, W, 3]."""
     base, chain = _live(handle)
     multiplier = request.network_multiplier
     stack = [(bound, strength if multiplier is None else multiplier) for bound, strength in chain]
     with base.lock:
-        base.patcher.set_stack(stack)
+        base.patcher.set_stack(stack, lora_mode)
         images = base.family.generate(base.spec, base.pipe, request, sampler=sampler, on_step=on_step)
     return np.stack([np.asarray(img.convert("RGB"), dtype=np.uint8) for img in images])
 
 
 def generate(handle: PipelineHandle, prompt: str, **values) -> np.ndarray:
     """`build_request` + `render` in one call (the CLI and simple scripts)."""
-    sampler = values.pop("sampler", None)
-    on_step = values.pop("on_step", None)
-    return render(handle, build_request(handle.spec, prompt, **values), sampler=sampler, on_step=on_step)
+    options = {k: values.pop(k) for k in ("sampler", "on_step", "lora_mode") if k in values}
+    return render(handle, build_request(handle.spec, prompt, **values), **options)

@@ -136,3 +136,47 @@ def merge_kohya(parts: dict, stack, te_prefixes: dict) -> int:
                 weight = weight + term
             module.weight.data.copy_(weight.to(module.weight.dtype))
     return len(terms)
+
+
+def branch_kohya(parts: dict, stack, te_prefixes: dict) -> list:
+    """ai-toolkit's unmerged path (mixed multipliers): each LoRA module's forward becomes
+    `org_forward(x) + ((up(down(x.float())) * scale) * multiplier).to(dtype)` (`ToolkitModuleMixin.forward`).
+    Patches `forward` on the modules like ai-toolkit's `apply_to`; returns the patched modules."""
+    names = kohya_module_names(parts, te_prefixes)
+    patched = {}
+    for state_dict, multiplier in stack:
+        for key in state_dict:
+            if not key.endswith(".lora_down.weight"):
+                continue
+            name = key[: -len(".lora_down.weight")]
+            module = names[name]
+            dev = module.weight.device
+            down_w = state_dict[key].float().to(dev)
+            up_w = state_dict[name + ".lora_up.weight"].float().to(dev)
+            if down_w.ndim == 2:
+                down = torch.nn.Linear(down_w.shape[1], down_w.shape[0], bias=False).to(dev)
+                up = torch.nn.Linear(up_w.shape[1], up_w.shape[0], bias=False).to(dev)
+            else:
+                down = torch.nn.Conv2d(down_w.shape[1], down_w.shape[0], down_w.shape[2:], module.stride,
+                                       module.padding, bias=False).to(dev)
+                up = torch.nn.Conv2d(up_w.shape[1], up_w.shape[0], (1, 1), bias=False).to(dev)
+            down.weight.data.copy_(down_w)
+            up.weight.data.copy_(up_w)
+            scale = torch.tensor(float(state_dict[name + ".alpha"].float().item()) / down_w.shape[0],
+                                 dtype=torch.float32, device=dev)
+            mult = torch.tensor([multiplier], dtype=torch.float32, device=dev)
+            patched.setdefault(module, []).append((down, up, scale, mult))
+    for module, loras in patched.items():
+        org_forward = module.forward
+
+        def forward(x, *args, _org=org_forward, _loras=loras, **kwargs):
+            out = _org(x, *args, **kwargs)
+            for down, up, scale, mult in _loras:
+                lora_out = up(down(x.to(torch.float32))) * scale
+                m = mult.repeat_interleave(lora_out.size(0) // mult.size(0))
+                while m.dim() < lora_out.dim():
+                    m = m.unsqueeze(-1)
+                out = out + (lora_out * m).to(out.dtype)
+            return out
+        module.forward = forward
+    return list(patched)

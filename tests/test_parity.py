@@ -30,12 +30,13 @@ def node_pixels(nodes, model, dtype, loras=(), **inputs):
 
 
 def reference_pixels(models_dir, model, dtype, loras=(), prompt="", negative="", seed=42, guidance=6.0,
-                     width=64, height=64, steps=5, guidance_rescale=0.0, negative_2=None):
+                     width=64, height=64, steps=5, guidance_rescale=0.0, negative_2=None, branch=False):
     parts = reference.load_components(os.path.join(models_dir, "diffusers", f"tiny-{model}"), model == "sdxl",
                                       DTYPES[dtype], DEVICE)
     if loras:
         stack = [(load_file(os.path.join(models_dir, "loras", f"{n}.safetensors")), m) for n, m in loras]
-        assert reference.merge_kohya(parts, stack, TE_PREFIXES[model]) > 0
+        apply = reference.branch_kohya if branch else reference.merge_kohya
+        assert len(apply(parts, stack, TE_PREFIXES[model])) if branch else apply(parts, stack, TE_PREFIXES[model])
     return reference.preview(parts, prompt, negative, seed, steps, guidance, width, height, guidance_rescale,
                              negative_2)
 
@@ -102,3 +103,17 @@ def test_model_defaults_are_ai_toolkit_preset(nodes, models_dir, model):
     request = engine.build_request(get_spec(model), "x", width=0, height=0, steps=0, guidance_scale=-1)
     side = 512 if model == "sd15" else 1024
     assert (request.width, request.height, request.steps, request.guidance_scale) == (side, side, 30, 6.0)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_unmerged_fp32_branch_matches_reference(nodes, models_dir, model, dtype):
+    """ai-toolkit's path for sample events with mixed multipliers: the LoRA is not merged but runs in fp32 beside
+    each layer. In bf16 that differs from the merged render, and each matches its own reference."""
+    loras = [(f"{model}_kohya_conv", 0.8), (f"{model}_kohya_te", 1.0)]
+    got = node_pixels(nodes, model, dtype, loras, prompt="a blue car", lora_mode="fp32 branch")
+    want = reference_pixels(models_dir, model, dtype, loras, prompt="a blue car", branch=True)
+    np.testing.assert_array_equal(got, want)
+    if dtype == "bf16":
+        merged = node_pixels(nodes, model, dtype, loras, prompt="a blue car")
+        assert (merged != got).any(), "in bf16 the merged and unmerged paths round differently"

@@ -6,13 +6,19 @@ again, which drifts the base; here the touched weights are instead kept pristine
 weight is touched) and copied back, which is exact and cheaper. Several LoRAs of one chain are summed in fp32 in
 chain order and rounded once.
 
-`WeightPatcher.set_stack(stack)` brings the base to "pristine + stack"; calling it with the stack already in place
-does nothing. Any failure restores every touched weight before the error propagates.
+When the prompts of one ai-toolkit sample event use different multipliers (`--m`), ai-toolkit does not merge: each
+LoRA runs as an fp32 side branch added to the module's output in its dtype. `mode="branch"` reproduces that with
+forward hooks (LoRA/LoCon modules; full-delta modules are merged either way).
+
+`WeightPatcher.set_stack(stack, mode)` brings the base to "pristine + stack"; calling it with the stack already in
+place does nothing. Any failure restores every touched weight before the error propagates.
 """
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+
+MODES = ("merge", "branch")
 
 import torch
 
@@ -28,6 +34,16 @@ def _exact_matmul():
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
+class _Unpatch:
+    """Undo an instance-level `forward` wrapper (same interface as a hook handle)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("forward", None)
+
+
 class WeightPatcher:
     """Owns the LoRA state of one cached base (its components dict: name -> nn.Module)."""
 
@@ -35,6 +51,7 @@ class WeightPatcher:
         self.components = components
         self.pristine: dict = {}   # (component, module path, "weight"|"bias") -> CPU tensor
         self.signature: tuple = ()
+        self.hooks: list = []
         self.lock = threading.RLock()
 
     def _param(self, key):
@@ -42,28 +59,34 @@ class WeightPatcher:
         return getattr(self.components[comp].get_submodule(path), attr)
 
     def restore(self) -> None:
-        """Copy every touched weight back from its pristine copy."""
+        """Remove side branches and copy every touched weight back from its pristine copy."""
         with self.lock, torch.no_grad():
+            for hook in self.hooks:
+                hook.remove()
+            self.hooks = []
             for key, saved in self.pristine.items():
                 param = self._param(key)
                 param.data.copy_(saved.to(param.device), non_blocking=False)
             self.signature = ()
 
-    def set_stack(self, stack) -> None:
-        """stack: sequence of (BoundLora, multiplier). Brings the base to pristine + the stack, merged once."""
-        signature = tuple((b.token, float(m)) for b, m in stack)
+    def set_stack(self, stack, mode: str = "merge") -> None:
+        """stack: sequence of (BoundLora, multiplier). Brings the base to pristine + the stack (merged once, or as
+        fp32 side branches with mode="branch")."""
+        if mode not in MODES:
+            raise ValueError(f"unknown LoRA mode {mode!r}")
+        signature = (mode,) + tuple((b.token, float(m)) for b, m in stack)
         with self.lock:
             if signature == self.signature:
                 return
             try:
                 self.restore()
-                self._merge(stack)
+                self._merge(stack, branch=(mode == "branch"))
                 self.signature = signature
             except BaseException:
                 self.restore()
                 raise
 
-    def _merge(self, stack) -> None:
+    def _merge(self, stack, branch: bool = False) -> None:
         grouped: dict = {}
         for bound, multiplier in stack:
             for target in bound.targets:
@@ -73,9 +96,29 @@ class WeightPatcher:
         with torch.no_grad(), _exact_matmul():
             for (comp, path), entries in grouped.items():
                 module = self.components[comp].get_submodule(path)
+                if branch:
+                    branched = [(m, mult) for m, mult in entries if m.kind == "lora"]
+                    if branched:
+                        self._add_branches(module, branched)
+                    entries = [(m, mult) for m, mult in entries if m.kind != "lora"]
+                    if not entries:
+                        continue
                 self._merge_param(comp, path, module, "weight", entries, lambda m, mult, dev: m.weight_term(mult, dev))
                 if any("diff_b" in m.tensors for m, _ in entries) and getattr(module, "bias", None) is not None:
                     self._merge_param(comp, path, module, "bias", entries, lambda m, mult, dev: m.bias_term(mult, dev))
+
+    def _add_branches(self, module, entries) -> None:
+        """Wrap the module's forward as ai-toolkit's `apply_to` does (an instance `forward`, removed on restore)."""
+        terms = [m.branch(module, mult) for m, mult in entries]
+        original = module.forward
+
+        def forward(x, *args, **kwargs):
+            output = original(x, *args, **kwargs)
+            for term in terms:
+                output = output + term(x, output.dtype)
+            return output
+        module.forward = forward
+        self.hooks.append(_Unpatch(module))
 
     def _merge_param(self, comp, path, module, attr, entries, term) -> None:
         param = getattr(module, attr)

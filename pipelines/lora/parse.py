@@ -98,10 +98,10 @@ class LoraModule:
         t = self.tensors
         if self.kind == "full":
             return multiplier * t["diff"].to(device).float()
-        down = t["down"].to(device).float()
+        down = t["down"].to(device).float().clone()  # ai-toolkit: `weight.clone().float()` (aligned copies)
         if self.kind == "fullrank":
             return multiplier * down * self.scale
-        up = t["up"].to(device).float()
+        up = t["up"].to(device).float().clone()
         if down.ndim == 2:
             product = up @ down
         elif down.shape[2:4] == (1, 1):
@@ -109,6 +109,31 @@ class LoraModule:
         else:
             product = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
         return multiplier * product * self.scale
+
+    def branch(self, module: torch.nn.Module, multiplier: float):
+        """ai-toolkit's unmerged forward for this LoRA on `module`: a function x -> the term added to the output,
+        `((up(down(x.float())) * scale) * multiplier).to(out dtype)` (`ToolkitModuleMixin.forward`)."""
+        device = module.weight.device
+        # ai-toolkit's LoRA weights are trainable parameters while it samples; on CPU, F.linear on a non-contiguous
+        # input (SDXL's proj_in) rounds differently with requires_grad set, so keep that flag as it has it.
+        # Fresh, aligned copies (like the nn.Linear parameters ai-toolkit holds): CPU matmul kernels can round
+        # differently for tensors that are views into a loaded file's buffer.
+        down = self.tensors["down"].to(device).float().clone().requires_grad_(True)
+        up = self.tensors["up"].to(device).float().clone().requires_grad_(True)
+        scale = torch.tensor(self.scale, dtype=torch.float32, device=device)
+        mult = torch.tensor(multiplier, dtype=torch.float32, device=device)
+        if down.ndim == 2:
+            def lora(x):
+                return torch.nn.functional.linear(torch.nn.functional.linear(x.float(), down), up)
+        else:
+            stride, padding = module.stride, module.padding
+
+            def lora(x):
+                return torch.nn.functional.conv2d(torch.nn.functional.conv2d(x.float(), down, None, stride, padding), up)
+
+        def term(x, dtype):
+            return ((lora(x) * scale) * mult).to(dtype)
+        return term
 
     def bias_term(self, multiplier: float, device) -> torch.Tensor | None:
         if "diff_b" not in self.tensors:
