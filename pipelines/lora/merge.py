@@ -7,8 +7,8 @@ weight is touched) and copied back, which is exact and cheaper. Several LoRAs of
 chain order and rounded once.
 
 When the prompts of one ai-toolkit sample event use different multipliers (`--m`), ai-toolkit does not merge: each
-LoRA runs as an fp32 side branch added to the module's output in its dtype. `mode="branch"` reproduces that with
-forward hooks (LoRA/LoCon modules; full-delta modules are merged either way).
+LoRA runs as an fp32 side branch added to the module's output in its dtype. `mode="branch"` reproduces that by
+wrapping each target's `forward` as ai-toolkit does (LoRA/LoCon modules; full-delta modules are merged either way).
 
 `WeightPatcher.set_stack(stack, mode)` brings the base to "pristine + stack"; calling it with the stack already in
 place does nothing. Any failure restores every touched weight before the error propagates.
@@ -18,9 +18,9 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 
-MODES = ("merge", "branch")
-
 import torch
+
+MODES = ("merge", "branch")
 
 
 @contextmanager
@@ -35,7 +35,7 @@ def _exact_matmul():
 
 
 class _Unpatch:
-    """Undo an instance-level `forward` wrapper (same interface as a hook handle)."""
+    """Undo an instance-level `forward` wrapper."""
 
     def __init__(self, module):
         self.module = module
@@ -51,7 +51,7 @@ class WeightPatcher:
         self.components = components
         self.pristine: dict = {}   # (component, module path, "weight"|"bias") -> CPU tensor
         self.signature: tuple = ()
-        self.hooks: list = []
+        self.branches: list = []
         self.lock = threading.RLock()
 
     def _param(self, key):
@@ -61,9 +61,9 @@ class WeightPatcher:
     def restore(self) -> None:
         """Remove side branches and copy every touched weight back from its pristine copy."""
         with self.lock, torch.no_grad():
-            for hook in self.hooks:
-                hook.remove()
-            self.hooks = []
+            for branch in self.branches:
+                branch.remove()
+            self.branches = []
             for key, saved in self.pristine.items():
                 param = self._param(key)
                 param.data.copy_(saved.to(param.device), non_blocking=False)
@@ -118,7 +118,7 @@ class WeightPatcher:
                 output = output + term(x, output.dtype)
             return output
         module.forward = forward
-        self.hooks.append(_Unpatch(module))
+        self.branches.append(_Unpatch(module))
 
     def _merge_param(self, comp, path, module, attr, entries, term) -> None:
         param = getattr(module, attr)
