@@ -57,7 +57,7 @@ def main():
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pack = import_pack()
-    from aitk_pack.pipelines import engine, tiny
+    from aitk_pack.pipelines import tiny
     from aitk_pack.pipelines.cache import CACHE
     from aitk_pack.pipelines.samplers import make_scheduler
     from safetensors.torch import save_file

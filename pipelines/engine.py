@@ -116,8 +116,11 @@ def build_request(spec, prompt: str, negative_prompt: str = "", trigger_word: st
     width, height = floor_size(spec, request.width, request.height)
     if max(width, height) > MAX_SIDE:
         raise InputError(f"Size {width}x{height} (from the prompt's --w/--h) is larger than {MAX_SIDE}.")
-    if not 1 <= request.steps <= MAX_STEPS:
-        raise InputError(f"steps must be 1..{MAX_STEPS}, got {request.steps} (0 means the model default).")
+    cfg = spec.scheduler.config
+    max_steps = min(MAX_STEPS, int(cfg.get("num_train_timesteps", 1000)) - int(cfg.get("steps_offset", 0)))
+    if not 1 <= request.steps <= max_steps:
+        raise InputError(f"steps must be 1..{max_steps} for {spec.id}, got {request.steps} "
+                         "(0 means the model default).")
     seed = request.seed
     if seed == -1:  # ai-toolkit: a random seed
         seed = random.randint(0, 2 ** 32 - 1)

@@ -143,6 +143,7 @@ def test_missing_base_and_offline_hub(models_dir, base_and_pixels, nodes, tmp_pa
     (dict(prompt="x --w abc"), "--w needs a number"),
     (dict(prompt="x --steps 0"), "steps must be"),
     (dict(prompt="x --w 20000"), "larger than 8192"),
+    (dict(prompt="x --s 1001"), "steps must be 1..1000 for sdxl"),
 ])
 def test_impossible_sizes_and_bad_flags(models_dir, base_and_pixels, nodes, values, message):
     inputs = dict(prompt="a cat", negative_prompt="", trigger_word="", width=64, height=64, seed=1, steps=2,
@@ -164,3 +165,13 @@ def test_flag_sizes_below_the_minimum_are_floored_like_ai_toolkit(models_dir, ba
 def test_errors_are_one_family(models_dir):
     for cls in (InputError, LoraError, ModelSourceError, UnknownModelError):
         assert issubclass(cls, AitkError)
+
+
+def test_sd15_step_limit_follows_its_scheduler():
+    """SD1.5's leading spacing with steps_offset 1 would ask DDPM for timestep 1000 at 1000 steps: refuse it
+    clearly instead of an IndexError deep inside the scheduler (ai-toolkit itself would crash there)."""
+    from aitk_pack.pipelines import get_spec
+
+    assert engine.build_request(get_spec("sd15"), "x", steps=999).steps == 999
+    with pytest.raises(InputError, match="steps must be 1..999 for sd15"):
+        engine.build_request(get_spec("sd15"), "x", steps=1000)

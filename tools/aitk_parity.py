@@ -243,7 +243,6 @@ def compare(a, b):
 
 # ---------------------------------------------------------------------------------------------------------------
 def run_model(tk, pack, root, out, model, dtype, rows, steps):
-    import numpy as np
     from PIL import Image
 
     folder = os.path.join(root, "diffusers", f"tiny-{model}")

@@ -1,0 +1,581 @@
+"""The example workflows and the three nodes in a real ComfyUI, end to end.
+
+This module runs its own ComfyUI (module scope, `--preview-method latent2rgb`) whose environment holds a fake
+Hugging Face cache (HF_HUB_CACHE, HF_HUB_OFFLINE=1) with the tiny random sd15/sdxl Diffusers folders under the
+registry's real repo ids, so base "default" resolves offline exactly as it does for a user. Its `loras/` folder holds
+tiny fp32 LoRAs in ai-toolkit's layout and metadata under the names the example workflows use, plus a truncated file
+and a LoRA of the wrong family for the error checks.
+
+Every image is compared pixel for pixel with what the library (`aitk_pack.pipelines.engine`) renders in this test
+process for the same settings. The example workflows run unmodified (model-default sizes and steps, which take
+minutes on a CPU with the tiny models); everything else uses small prompts (64x64, a few steps).
+
+Environment:
+  AITK_UPDATE_DOCS=1   also write docs/screenshot.png (the SDXL run) and example_workflows/*.jpg (thumbnails) from the
+                       browser runs (CI leaves tracked files alone)
+  AITK_E2E_QUICK=1     skip the two full-size example renders (for quick local iterations)
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import struct
+import time
+import urllib.parse
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from comfy_harness import ComfyBrowser, ComfyServer, PromptError, browser_available, history_error
+from comfy_ws import WsListener, finished
+from PIL import Image
+
+from aitk_pack.pipelines import engine, tiny
+from aitk_pack.pipelines.cache import CACHE
+from aitk_pack.pipelines.registry import REGISTRY, model_ids
+from aitk_pack.pipelines.sources import ModelRoots
+
+E2E_DIR = Path(__file__).resolve().parent
+REPO = E2E_DIR.parents[1]
+WORKFLOWS = REPO / "example_workflows"
+DATA = E2E_DIR / "data"
+DOCS = REPO / "docs"
+UPDATE_DOCS = os.environ.get("AITK_UPDATE_DOCS") == "1"
+QUICK = os.environ.get("AITK_E2E_QUICK") == "1"
+
+TRIGGER = "ohwx"
+WRONG_FAMILY = "sd15_lora_on_purpose_for_sdxl.safetensors"   # an sd15 LoRA the tests apply to sdxl
+TRUNCATED = "truncated_lora.safetensors"                      # half of a valid file, as after a broken copy
+FULL_RUN_TIMEOUT = 1500   # seconds for one model-default render through the server (about 2 min for tiny sdxl)
+SMALL = {"width": 64, "height": 64, "steps": 4}
+# Frontend settings for the screenshots: no minimap, canvas statistics or source badges (they show the test folder)
+UI_SETTINGS = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
+               "Comfy.NodeBadge.NodeSourceBadgeMode": "None"}
+CONTRACT_INPUTS = {
+    "LoadAIToolkitPipeline": (["model", "base", "dtype", "device"], []),
+    "ApplyAIToolkitLoRA": (["pipeline", "lora_name", "strength"], []),
+    "AIToolkitSample": (["pipeline", "prompt", "negative_prompt", "trigger_word", "width", "height", "seed", "steps",
+                         "guidance_scale"], ["control_image"]),
+}
+# AIToolkitSample inputs the library reference understands (an input not listed here fails the comparison, so a new
+# input that changes the picture cannot be ignored silently).
+SAMPLE_VALUES = ("negative_prompt", "trigger_word", "width", "height", "seed", "steps", "guidance_scale",
+                 "guidance_rescale")
+
+
+# --- the example workflows and their API twins ---------------------------------------------------------------------
+
+def example_workflows() -> list[Path]:
+    return sorted(WORKFLOWS.glob("*.json"))
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def ui_nodes(ui: dict, node_type: str) -> list[dict]:
+    return [n for n in ui["nodes"] if n["type"] == node_type]
+
+
+def workflow_model(ui: dict) -> str:
+    [load] = ui_nodes(ui, "LoadAIToolkitPipeline")
+    return load["widgets_values"][0]
+
+
+def twin_path(ui_path: Path) -> Path:
+    """The committed API-format twin of an example workflow: tests/e2e/data/example_<model id>_api.json."""
+    return DATA / f"example_{workflow_model(load_json(ui_path))}_api.json"
+
+
+WORKFLOW_IDS = [p.stem for p in example_workflows()]
+
+
+def lora_files_used() -> dict[str, str]:
+    """{lora file name: model id} for every ApplyAIToolkitLoRA in the example workflows."""
+    used = {}
+    for path in example_workflows():
+        ui = load_json(path)
+        for node in ui_nodes(ui, "ApplyAIToolkitLoRA"):
+            used[node["widgets_values"][0]] = workflow_model(ui)
+    return used
+
+
+def find(prompt: dict, class_type: str) -> str:
+    [node_id] = [k for k, v in prompt.items() if v["class_type"] == class_type]
+    return node_id
+
+
+def small_prompt(model: str, seed: int, **sample_inputs) -> dict:
+    """The model's example workflow (API twin) at 64x64 and 4 steps, with `seed` and other sample inputs changed."""
+    prompt = copy.deepcopy(load_json(DATA / f"example_{model}_api.json"))
+    prompt[find(prompt, "AIToolkitSample")]["inputs"].update(SMALL, seed=seed, **sample_inputs)
+    prompt[find(prompt, "SaveImage")]["inputs"]["filename_prefix"] = f"aitk_e2e/{model}"
+    return prompt
+
+
+_seed = iter(range(1000, 10 ** 6))
+
+
+def fresh_seed() -> int:
+    """A seed no earlier prompt of this module used, so ComfyUI's output cache cannot answer the prompt."""
+    return next(_seed)
+
+
+# --- models: a fake Hugging Face cache and a loras folder ----------------------------------------------------------
+
+def _save_lora(state_dict, path: Path, metadata: dict):
+    from safetensors.torch import save_file
+
+    save_file(state_dict, str(path), metadata=metadata)
+
+
+@pytest.fixture(scope="module")
+def e2e_models(tmp_path_factory):
+    """{"hub": fake HF cache, "models": folder with loras/} for the server and for the library in this process."""
+    root = tmp_path_factory.mktemp("aitk_workflows")
+    hub, loras = root / "hub", root / "models" / "loras"
+    loras.mkdir(parents=True)
+    pipes = {}
+    for model in model_ids():
+        repo = REGISTRY[model].base_repo
+        entry = hub / ("models--" + repo.replace("/", "--"))
+        revision = uuid.uuid5(uuid.NAMESPACE_URL, repo).hex[:40]
+        pipes[model] = tiny.BUILDERS[model](0)
+        pipes[model].save_pretrained(str(entry / "snapshots" / revision))
+        (entry / "refs").mkdir()
+        (entry / "refs" / "main").write_text(revision)
+    used = lora_files_used()
+    assert set(used.values()) == set(model_ids()), f"example workflows per model: {used}"
+    for name, model in used.items():
+        stem = Path(name).stem
+        _save_lora(tiny.make_lora(pipes[model], model), loras / name, tiny.aitk_metadata(model, TRIGGER, stem))
+    _save_lora(tiny.make_lora(pipes["sd15"], "sd15", seed=3), loras / WRONG_FAMILY,
+               tiny.aitk_metadata("sd15", TRIGGER, Path(WRONG_FAMILY).stem))
+    valid = (loras / next(iter(used))).read_bytes()
+    (loras / TRUNCATED).write_bytes(valid[: len(valid) // 2])
+    return {"hub": root / "hub", "models": root / "models", "loras": loras}
+
+
+# --- the server and the browser (module scope: this module needs its own server environment) ---------------------
+
+def _e2e_conftest(config):
+    for plugin in config.pluginmanager.get_plugins():
+        if Path(getattr(plugin, "__file__", "") or "").resolve() == E2E_DIR / "conftest.py":
+            return plugin
+    return None
+
+
+@pytest.fixture(scope="module")
+def comfy_server_env(e2e_models):
+    return {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(e2e_models["hub"]), "DO_NOT_TRACK": "1"}
+
+
+@pytest.fixture(scope="module")
+def comfy_extra_args():
+    return ["--preview-method", "latent2rgb"]
+
+
+@pytest.fixture(scope="module")
+def comfy_server(request, comfy_install, comfy_pack_dir, comfy_extra_args, comfy_server_env, e2e_models,
+                 tmp_path_factory):
+    """A ComfyUI of this module's own (the session server may already run with another environment)."""
+    comfy_dir, python = comfy_install
+    server = ComfyServer(comfy_dir, python, tmp_path_factory.mktemp("comfy-workflows"), comfy_pack_dir,
+                         extra_args=comfy_extra_args, env=comfy_server_env)
+    server.start(timeout=300, models_dir=e2e_models["models"])
+    for setting, value in UI_SETTINGS.items():  # this server's user only: a tidier screenshot
+        server.post(f"/settings/{setting}", value)
+    print(f"\nComfyUI (test_workflows) up at {server.url} in {server.start_seconds:.1f}s; log: {server.log_path}")
+    conftest = _e2e_conftest(request.config)
+    running = getattr(conftest, "_RUNNING", [])  # the conftest attaches the log tail of failing tests
+    running.append(server)
+    yield server
+    running.remove(server)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(request, comfy_server):
+    reason = browser_available()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but the e2e prerequisites are missing: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return ComfyBrowser(comfy_server.url)
+
+
+# --- the library in this process: the reference for every image ----------------------------------------------------
+
+class Library:
+    """Renders an API-format prompt's AIToolkitSample through `pipelines.engine` directly (memoised)."""
+
+    def __init__(self, loras: Path):
+        self.roots = ModelRoots(loras=(str(loras),))
+        self.images: dict[str, np.ndarray] = {}
+        self.seconds: dict[str, float] = {}
+
+    @staticmethod
+    def settings(prompt: dict) -> tuple[dict, list, dict]:
+        sample = prompt[find(prompt, "AIToolkitSample")]["inputs"]
+        loras, link = [], sample["pipeline"]
+        while prompt[link[0]]["class_type"] == "ApplyAIToolkitLoRA":
+            inputs = prompt[link[0]]["inputs"]
+            loras.insert(0, (inputs["lora_name"], inputs["strength"]))
+            link = inputs["pipeline"]
+        load = prompt[link[0]]
+        assert load["class_type"] == "LoadAIToolkitPipeline", load
+        return load["inputs"], loras, sample
+
+    def image(self, prompt: dict) -> np.ndarray:
+        load, loras, sample = self.settings(prompt)
+        key = json.dumps([load, loras, {k: v for k, v in sample.items() if k != "pipeline"}], sort_keys=True)
+        if key not in self.images:
+            unknown = set(sample) - set(SAMPLE_VALUES) - {"pipeline", "prompt", "lora_mode"}
+            assert not unknown, f"the library reference does not know the AIToolkitSample inputs {unknown}"
+            options = {}
+            if "lora_mode" in sample:
+                from aitk_pack.nodes.pipeline_nodes import LORA_MODES
+                options["lora_mode"] = LORA_MODES[sample["lora_mode"]]
+            t0 = time.perf_counter()
+            handle = engine.load(load["model"], base=load["base"], dtype=load["dtype"], device=load["device"],
+                                 roots=self.roots)
+            for name, strength in loras:
+                handle = engine.apply_lora(handle, name, strength, roots=self.roots)
+            values = {k: sample[k] for k in SAMPLE_VALUES if k in sample}
+            [image] = engine.generate(handle, sample["prompt"], **values, **options)
+            self.seconds[key] = time.perf_counter() - t0
+            self.images[key] = image
+        return self.images[key]
+
+
+def _release_bases():
+    CACHE.release()
+
+
+@pytest.fixture(scope="module")
+def library(e2e_models):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_CACHE", str(e2e_models["hub"]))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        _release_bases()  # no base cached by other tests under the same repo id
+        yield Library(e2e_models["loras"])
+        _release_bases()
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def assert_same_pixels(actual: np.ndarray, expected: np.ndarray, what: str):
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    if not np.array_equal(actual, expected):
+        diff = np.abs(actual.astype(np.int16) - expected.astype(np.int16))
+        pytest.fail(f"{what}: {np.count_nonzero(diff)} of {diff.size} values differ (max {diff.max()})")
+
+
+def saved_image(server: ComfyServer, entry: dict) -> np.ndarray:
+    [path] = server.output_paths(entry)
+    assert path.is_file(), path
+    return png_pixels(path)
+
+
+def assert_success(entry: dict):
+    assert entry["status"]["status_str"] == "success", history_error(entry)
+
+
+def cached_nodes(entry: dict) -> set[str]:
+    return {n for kind, data in entry["status"]["messages"] if kind == "execution_cached" for n in data["nodes"]}
+
+
+def touch(path: Path):
+    """A new modification time: ApplyAIToolkitLoRA's IS_CHANGED changes, so ComfyUI runs the LoRA and the sampler
+    again for an otherwise identical prompt (same settings, so the same pixels are expected)."""
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, max(time.time_ns(), st.st_mtime_ns + 1_000_000)))
+
+
+# --- a minimal websocket client (standard library) for ComfyUI's /ws ------------------------------------------------
+
+# --- /object_info ---------------------------------------------------------------------------------------------------
+
+def test_object_info_has_the_contract_inputs(comfy_server, e2e_models):
+    info = comfy_server.object_info()
+    for cls, (required, optional) in CONTRACT_INPUTS.items():
+        assert cls in info, f"{cls} missing from /object_info"
+        inputs = info[cls]["input"]
+        assert set(required) <= inputs["required"].keys(), (cls, list(inputs["required"]))
+        assert set(optional) <= inputs.get("optional", {}).keys(), (cls, list(inputs.get("optional", {})))
+        for section in ("required", "optional"):
+            for name, spec in inputs.get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{cls}.{name} has no tooltip"
+        assert info[cls]["description"], cls
+        assert info[cls]["display_name"] != cls, f"{cls} has no display name"
+    load, lora, sample = (info[c] for c in CONTRACT_INPUTS)
+    assert load["output"] == ["AITK_PIPELINE"] and lora["output"] == ["AITK_PIPELINE"] and sample["output"] == ["IMAGE"]
+    assert lora["input"]["required"]["pipeline"][0] == sample["input"]["required"]["pipeline"][0] == "AITK_PIPELINE"
+
+    required = load["input"]["required"]
+    assert required["model"][0] == model_ids()
+    assert "default" in required["base"][0]
+    assert required["dtype"][0] == ["auto", "bf16", "fp16", "fp32"]
+    assert required["device"][0] == ["auto", "cuda", "cpu"]
+
+    files = sorted(p.name for p in e2e_models["loras"].iterdir())
+    assert set(files) <= set(lora["input"]["required"]["lora_name"][0]), lora["input"]["required"]["lora_name"][0]
+    assert lora["input"]["required"]["strength"][1]["default"] == 1.0
+
+    # "model default" as the example workflows write it: 0 for sizes and steps, -1 for guidance
+    required = sample["input"]["required"]
+    assert [required[k][1]["default"] for k in ("width", "height", "steps", "guidance_scale")] == [0, 0, 0, -1.0]
+    assert required["prompt"][1].get("multiline") is True
+
+
+# --- the example workflows: files, templates menu, frontend conversion, runs --------------------------------------
+
+def test_there_is_one_example_workflow_per_model_with_a_thumbnail():
+    by_model = {}
+    for path in example_workflows():
+        ui = load_json(path)
+        by_model.setdefault(workflow_model(ui), []).append(path.name)
+        thumb = path.with_suffix(".jpg")
+        assert thumb.is_file(), f"{thumb.name} (thumbnail) is missing"
+        with Image.open(thumb) as im:
+            assert im.format == "JPEG" and 256 <= max(im.size) <= 1024, (thumb.name, im.format, im.size)
+        assert twin_path(path).is_file(), f"{path.name} has no API twin {twin_path(path).name}"
+
+        [load], [lora], [sample], [save] = (ui_nodes(ui, t) for t in ("LoadAIToolkitPipeline", "ApplyAIToolkitLoRA",
+                                                                       "AIToolkitSample", "SaveImage"))
+        assert load["widgets_values"][1:] == ["default", "auto", "auto"], path.name
+        assert lora["widgets_values"][1] == 1.0, path.name
+        prompt, negative, trigger, width, height, seed, control, steps, guidance = sample["widgets_values"][:9]
+        assert "[trigger]" in prompt and trigger == TRIGGER, path.name
+        assert (width, height, seed, control, steps, guidance) == (0, 0, 42, "fixed", 0, -1), path.name
+        assert save["widgets_values"][0].startswith("aitk/"), path.name
+        notes = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote"))
+        assert "trigger_word" in notes and "lora_name" in notes and "default" in notes, f"{path.name}: note"
+    assert sorted(by_model) == sorted(model_ids()) and all(len(v) == 1 for v in by_model.values()), by_model
+
+
+def test_templates_menu_lists_the_workflows_with_thumbnails(comfy_server, browser):
+    """ComfyUI lists example_workflows/ under the pack's folder name; the frontend titles each card with the file
+    name; the .jpg next to it is the card's image. Clicking a card loads the workflow."""
+    pack = comfy_server.pack_name
+    names = sorted(p.stem for p in example_workflows())
+    assert sorted(comfy_server.get("/workflow_templates")[pack]) == names
+    for name in names:
+        quoted = urllib.parse.quote(name)
+        served = comfy_server.get(f"/api/workflow_templates/{pack}/{quoted}.json")
+        assert served == load_json(WORKFLOWS / f"{name}.json")
+        raw = comfy_server.get(f"/api/workflow_templates/{pack}/{quoted}.jpg")
+        assert isinstance(raw, bytes) and raw[:2] == b"\xff\xd8", f"{name}.jpg not served"
+
+    js = """
+    const pack = %s, names = %s;
+    const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+    const until = async (fn, ms = 20000) => { const t = Date.now(); while (Date.now() - t < ms) {
+        const v = fn(); if (v) return v; await sleep(100); } throw new Error('timed out: ' + fn); };
+    const byText = (root, text) => [...root.querySelectorAll('*')].find(
+        (e) => e.children.length === 0 && e.textContent.trim() === text);
+    const open = async () => {
+      await app.extensionManager.command.execute('Comfy.BrowseTemplates');
+      const dialog = await until(() => document.querySelector('[role=dialog]'));
+      (await until(() => byText(dialog, pack))).click();
+      await until(() => names.every((n) => byText(dialog, n)));
+      return dialog;
+    };
+    const dialog = await open();
+    const result = {titles: names.filter((n) => byText(dialog, n)), prompts: {}};
+    // the cards fetch their thumbnails and show them as blob: URLs (the fallback is a 224x224 default image)
+    const cards = () => [...dialog.querySelectorAll('img')];
+    await until(() => cards().length >= names.length && cards().every((i) => i.complete && i.naturalWidth > 0));
+    result.images = cards().map((i) => [i.src.split(':')[0], i.naturalWidth, i.naturalHeight]);
+    for (const name of names) {
+      const d = document.querySelector('[role=dialog]') ?? await open();
+      byText(d, name).click();
+      await until(() => !document.querySelector('[role=dialog]') && app.graph.nodes.length > 0
+        && app.extensionManager.workflow.activeWorkflow?.filename === name);
+      await sleep(300);
+      result.prompts[name] = (await app.graphToPrompt()).output;
+    }
+    return result;
+    """ % (json.dumps(pack), json.dumps(names))
+    result = browser.eval(js, timeout=180)
+    assert result["titles"] == names
+    sizes = []
+    for name in names:
+        with Image.open(WORKFLOWS / f"{name}.jpg") as im:
+            sizes.append(["blob", *im.size])
+    assert sorted(result["images"]) == sorted(sizes), "the cards do not show the thumbnails"
+    for name in names:
+        assert result["prompts"][name] == load_json(twin_path(WORKFLOWS / f"{name}.json")), name
+
+
+@pytest.mark.parametrize("workflow", example_workflows(), ids=WORKFLOW_IDS)
+def test_frontend_converts_each_workflow_to_its_api_twin(browser, workflow):
+    assert browser.ui_to_api(workflow) == load_json(twin_path(workflow))
+
+
+@pytest.mark.skipif(QUICK, reason="AITK_E2E_QUICK=1: full-size example renders skipped")
+@pytest.mark.parametrize("workflow", example_workflows(), ids=WORKFLOW_IDS)
+def test_example_workflow_runs_unmodified_in_the_frontend(comfy_server, browser, library, e2e_artifacts_dir,
+                                                          workflow):
+    """Loaded and run as a user would (Run button), at ai-toolkit's model defaults; the saved PNG is exactly what
+    the library renders for the same settings."""
+    shot = e2e_artifacts_dir / f"workflow_{workflow.stem.replace(' ', '_')}.png"
+    t0 = time.perf_counter()
+    result = browser.run(workflow, shot, timeout=FULL_RUN_TIMEOUT)
+    server_seconds = time.perf_counter() - t0
+    assert result["ok"] and result["queued_via"] == "run-button", result
+    entry = comfy_server.get(f"/history/{result['prompt_id']}")[result["prompt_id"]]
+    twin = load_json(twin_path(workflow))
+    assert entry["prompt"][2] == twin, "the frontend queued another prompt than the API twin"
+    assert find(twin, "AIToolkitSample") not in cached_nodes(entry), "the sampler did not run (output cache)"
+    saved = saved_image(comfy_server, entry)
+    t0 = time.perf_counter()
+    expected = library.image(twin)
+    library_seconds = time.perf_counter() - t0
+    print(f"\n{workflow.stem}: {saved.shape[1]}x{saved.shape[0]}, browser run {server_seconds:.1f}s, "
+          f"library {library_seconds:.1f}s; screenshot {shot}")
+    assert_same_pixels(saved, expected, f"{workflow.name} through the frontend")
+    assert shot.is_file()
+    if UPDATE_DOCS:
+        write_docs(workflow, shot)
+
+    # The API twin through POST /prompt: the same prompt, so ComfyUI accepts it and answers from its output cache
+    # (a real render of the twin at a small size is in test_api_twin_renders_through_post_prompt).
+    entry = comfy_server.run_prompt(twin, timeout=FULL_RUN_TIMEOUT)
+    assert_success(entry)
+    assert_same_pixels(saved_image(comfy_server, entry), expected, f"{workflow.name} API twin")
+
+
+def write_docs(workflow: Path, shot: Path):
+    """The thumbnail (the screenshot around the sampler and the saved image, 512 px wide) and, for SDXL, the README
+    screenshot."""
+    with Image.open(shot) as im:
+        im = im.convert("RGB")
+        im.crop((430, 135, 1260, 800)).resize((512, 410), Image.LANCZOS).save(
+            workflow.with_suffix(".jpg"), "JPEG", quality=85, optimize=True)
+        if workflow_model(load_json(workflow)) == "sdxl":
+            DOCS.mkdir(exist_ok=True)
+            im.save(DOCS / "screenshot.png", optimize=True)
+
+
+@pytest.mark.parametrize("workflow", example_workflows(), ids=WORKFLOW_IDS)
+def test_api_twin_renders_through_post_prompt(comfy_server, library, workflow):
+    """The committed API twin, at 64x64 and 4 steps (a new seed, so it really renders), gives the library's image."""
+    twin = load_json(twin_path(workflow))
+    model = workflow_model(load_json(workflow))
+    prompt = copy.deepcopy(twin)
+    prompt[find(prompt, "AIToolkitSample")]["inputs"].update(SMALL, seed=fresh_seed())
+    entry = comfy_server.run_prompt(prompt, timeout=300)
+    assert_success(entry)
+    assert find(prompt, "AIToolkitSample") not in cached_nodes(entry)
+    saved = saved_image(comfy_server, entry)
+    assert saved.shape == (64, 64, 3)
+    assert_same_pixels(saved, library.image(prompt), f"{workflow.name} API twin at 64x64, 4 steps ({model})")
+
+
+# --- errors ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("class_type, name, value, error", [
+    ("ApplyAIToolkitLoRA", "lora_name", "not_in_the_loras_folder.safetensors", "value_not_in_list"),
+    ("AIToolkitSample", "width", -5, "value_smaller_than_min"),
+    ("LoadAIToolkitPipeline", "model", "no_such_model", "value_not_in_list"),
+])
+def test_invalid_inputs_are_refused_by_validation(comfy_server, class_type, name, value, error):
+    prompt = small_prompt("sdxl", fresh_seed())
+    node = find(prompt, class_type)
+    prompt[node]["inputs"][name] = value
+    with pytest.raises(PromptError) as err:
+        comfy_server.queue_prompt(prompt)
+    assert err.value.status == 400
+    assert err.value.error_type == "prompt_outputs_failed_validation"
+    errors = err.value.node_errors[node]["errors"]
+    assert [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [(error, name)], errors
+    assert err.value.node_errors[node]["class_type"] == class_type
+
+
+@pytest.mark.parametrize("lora_name, message", [
+    (WRONG_FAMILY, ["1.5 LoRA", "sd_1.5", REGISTRY["sdxl"].label]),  # names its family and the pipeline's
+    (TRUNCATED, ["is truncated"]),
+], ids=["wrong_family", "truncated"])
+def test_execution_error_is_reported_and_the_server_recovers(comfy_server, library, e2e_models, lora_name, message):
+    good = small_prompt("sdxl", fresh_seed())
+    before = comfy_server.run_prompt(good)
+    assert_success(before)
+    pixels = saved_image(comfy_server, before)
+    assert_same_pixels(pixels, library.image(good), "before the error")
+
+    bad = copy.deepcopy(good)
+    bad[find(bad, "ApplyAIToolkitLoRA")]["inputs"]["lora_name"] = lora_name
+    entry = comfy_server.run_prompt(bad)
+    assert entry["status"]["status_str"] == "error"
+    err = history_error(entry)
+    assert err and err["type"] == "execution_error", entry["status"]
+    assert (err["node_type"], err["node_id"]) == ("ApplyAIToolkitLoRA", find(bad, "ApplyAIToolkitLoRA"))
+    for part in [lora_name, *message]:
+        assert part in err["exception_message"], (part, err["exception_message"])
+    assert err["exception_type"].endswith("LoraError"), err["exception_type"]
+
+    touch(e2e_models["loras"] / good[find(good, "ApplyAIToolkitLoRA")]["inputs"]["lora_name"])
+    after = comfy_server.run_prompt(good)
+    assert_success(after)
+    assert find(good, "AIToolkitSample") not in cached_nodes(after), "the sampler did not run again"
+    assert_same_pixels(saved_image(comfy_server, after), pixels, "after the error (same prompt)")
+
+
+# --- interrupt, progress, previews ----------------------------------------------------------------------------------
+
+def test_interrupt_mid_run_then_the_next_prompt_succeeds(comfy_server, library):
+    steps = 500  # about a minute or more on a CPU if nothing stopped it
+    client_id = f"aitk-interrupt-{uuid.uuid4().hex[:8]}"
+    long = small_prompt("sd15", fresh_seed(), steps=steps)
+    sample = find(long, "AIToolkitSample")
+    with WsListener(comfy_server.url, client_id) as ws:
+        long_id = comfy_server.queue_prompt(long, client_id=client_id)
+
+        def running(_):
+            return any(p["node"] == sample and p["value"] >= 2 for p in ws.json("progress", long_id))
+        assert ws.wait_for(running, timeout=300), comfy_server.get("/queue")
+        assert [item[1] for item in comfy_server.get("/queue")["queue_running"]] == [long_id]
+        comfy_server.interrupt(long_id)
+        normal = small_prompt("sd15", fresh_seed())
+        normal_id = comfy_server.queue_prompt(normal, client_id=client_id)  # at once, while the long one stops
+        entry = comfy_server.wait_history(long_id, timeout=120)
+        assert ws.wait_for(finished(long_id), timeout=30)
+        done = max(p["value"] for p in ws.json("progress", long_id) if p["node"] == sample)
+    assert entry["status"]["status_str"] == "error"
+    err = history_error(entry)
+    assert err and err["type"] == "execution_interrupted", entry["status"]
+    assert err["node_type"] == "AIToolkitSample"
+    assert done < steps, "the sampler ran to the end"
+    assert find(long, "SaveImage") not in entry["outputs"]
+
+    normal_entry = comfy_server.wait_history(normal_id, timeout=300)
+    assert_success(normal_entry)
+    assert_same_pixels(saved_image(comfy_server, normal_entry), library.image(normal), "after the interrupt")
+
+
+def test_progress_and_previews_reach_the_websocket(comfy_server, library):
+    steps = 6
+    client_id = f"aitk-progress-{uuid.uuid4().hex[:8]}"
+    prompt = small_prompt("sdxl", fresh_seed(), steps=steps)
+    sample = find(prompt, "AIToolkitSample")
+    with WsListener(comfy_server.url, client_id) as ws:
+        prompt_id = comfy_server.queue_prompt(prompt, client_id=client_id)
+        assert ws.wait_for(finished(prompt_id), timeout=300), comfy_server.get("/queue")
+        progress = [p for p in ws.json("progress", prompt_id) if p["node"] == sample]
+        frames = ws.binary()
+        assert ws.json("execution_success", prompt_id)
+    assert progress, "no progress message for the sampler"
+    assert {p["max"] for p in progress} == {steps}
+    values = [p["value"] for p in progress]
+    assert values == sorted(values) and values[-1] == steps and len(set(values)) >= steps - 1, values
+    # --preview-method latent2rgb: binary preview frames (event 1 = PREVIEW_IMAGE, format 1 = JPEG)
+    previews = [f for f in frames if struct.unpack(">II", f[:8]) == (1, 1)]
+    assert previews and all(f[8:10] == b"\xff\xd8" for f in previews), [f[:12] for f in frames]
+    entry = comfy_server.wait_history(prompt_id, timeout=60)
+    assert_same_pixels(saved_image(comfy_server, entry), library.image(prompt), "with progress and previews")
