@@ -5,8 +5,8 @@ pack extends the two functions ComfyUI frees memory through:
 - `unload_all_models()` ("Unload models", `POST /free`, `--cache-none` runs): our cached bases are released too;
 - `free_memory(bytes, device)` (ComfyUI making room before loading its own models): when its own unloading did not
   free enough on that GPU, our bases on that device are released.
-Before we load or sample on a GPU, ComfyUI's `free_memory` is asked (un-wrapped) to make room for our base, so a
-graph mixing native models and ours does not run out of memory. Installing is idempotent and never fails the import.
+Before we sample on a GPU, ComfyUI's own `free_memory` (un-wrapped) is asked for working memory there, so a graph
+mixing native models and ours does not run out of memory. Installing is idempotent and never fails the import.
 """
 from __future__ import annotations
 

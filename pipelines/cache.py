@@ -39,12 +39,6 @@ class LoadedBase:
             self.patcher = None
             self.bound = {}
 
-    def size_bytes(self) -> int:
-        if self.patcher is None:
-            return 0
-        return sum(p.numel() * p.element_size() for m in self.pipe.components.values()
-                   if isinstance(m, torch.nn.Module) for p in m.parameters())
-
     @property
     def family(self):
         return get_family(self.spec.family)
