@@ -1,5 +1,11 @@
 """Shared fixtures: the pack imported the way ComfyUI imports it, and a models folder of tiny random models.
 
+The repository root is the custom node folder, so it has an `__init__.py` with relative imports. pytest would
+collect that folder as a Python package and import its `__init__.py` under the folder's name, which fails for any
+name that is not an identifier (`aitk-inference`, a CI work folder). Instead the root is collected as a plain
+folder (`_RootIsAFolder`), and the tests import the pack under the fixed name `aitk_pack`, as ComfyUI imports a
+custom node folder under a name of its own: the suite then runs the same in any checkout.
+
 The models folder (built once per session, ~10 s) holds, for sd15 and sdxl: a Diffusers folder, a single-file
 checkpoint with a config-only sidecar folder, and LoRA files in every layout the engine reads, saved in fp32
 (ai-toolkit `save.dtype: fp32`) unless the name says otherwise.
@@ -10,6 +16,7 @@ import importlib.util
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,6 +40,22 @@ def _import_pack():
     sys.modules[PACK] = module
     spec.loader.exec_module(module)
     return module
+
+
+class _RootIsAFolder:
+    """Collects the repository root as a folder, never as a package named after the checkout folder."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if Path(path) == Path(ROOT):
+            return pytest.Dir.from_parent(parent, path=Path(path))
+        return None
+
+
+def pytest_configure(config):
+    # a registered object is a global plugin: it also sees the collection of the root, above this conftest
+    if not config.pluginmanager.has_plugin("aitk-root-is-a-folder"):
+        config.pluginmanager.register(_RootIsAFolder(), "aitk-root-is-a-folder")
 
 
 pack = _import_pack()

@@ -98,8 +98,9 @@ def comfy_server(comfy_install, comfy_models_dir, comfy_pack_dir, comfy_extra_ar
                  tmp_path_factory):
     """A running ComfyUI (CPU, 127.0.0.1, free port) shared by the whole session."""
     comfy_dir, python = comfy_install
+    # linked as `custom_nodes/aitk-inference`, the folder name `git clone` gives users (not an identifier)
     server = ComfyServer(comfy_dir, python, tmp_path_factory.mktemp("comfy-base"), comfy_pack_dir,
-                         extra_args=comfy_extra_args, env=comfy_server_env)
+                         pack_name="aitk-inference", extra_args=comfy_extra_args, env=comfy_server_env)
     server.start(models_dir=comfy_models_dir)
     print(f"\nComfyUI up at {server.url} in {server.start_seconds:.1f}s; log: {server.log_path}")
     _RUNNING.append(server)
