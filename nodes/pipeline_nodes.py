@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..pipelines import engine
+from ..pipelines.errors import InputError
 from ..pipelines.registry import REGISTRY, model_ids
 from ..pipelines.sources import CHECKPOINT_EXTS, LORA_EXTS
 from .comfy_bridge import check_interrupted, log, model_roots, step_callback
@@ -21,6 +22,19 @@ LORA_MODES = {"merged": "merge", "fp32 branch": "branch"}
 CATEGORY = "AI Toolkit"
 _DEFAULTS_TEXT = "; ".join(f"{s.id}: {s.defaults.width}x{s.defaults.height}, {s.defaults.steps} steps, "
                            f"guidance {s.defaults.guidance_scale:g}" for s in REGISTRY.values())
+
+
+def _check_handle(pipeline) -> None:
+    if not isinstance(pipeline, engine.PipelineHandle):
+        raise InputError(f"pipeline must come from LoadAIToolkitPipeline or ApplyAIToolkitLoRA, got "
+                         f"{type(pipeline).__name__}.")
+
+
+def _choice(label: str, value, choices: dict):
+    """A combo value the node offers, checked here too: graphs sent through the API skip the UI's checks."""
+    if value not in choices:
+        raise InputError(f"Unknown {label} {value!r}; choose one of: {', '.join(choices)}.")
+    return choices[value]
 
 
 def base_choices() -> list[str]:
@@ -98,6 +112,7 @@ class ApplyAIToolkitLoRA:
         return f"{lora_name}:{st.st_mtime_ns}:{st.st_size}"
 
     def apply(self, pipeline, lora_name, strength=1.0):
+        _check_handle(pipeline)
         handle = engine.apply_lora(pipeline, lora_name, strength, roots=model_roots())
         report = handle.loras[-1].bound.report
         log.info("[AI Toolkit] %s", report.summary())
@@ -161,6 +176,8 @@ class AIToolkitSample:
 
     def sample(self, pipeline, prompt, negative_prompt="", trigger_word="", width=0, height=0, seed=42, steps=0,
                guidance_scale=-1.0, guidance_rescale=0.0, control_image=None, lora_mode="merged", unique_id=None):
+        _check_handle(pipeline)
+        mode = _choice("lora_mode", lora_mode, LORA_MODES)
         spec = pipeline.spec
         if control_image is not None and spec.control_image is None:
             log.warning("[AI Toolkit] %s takes no control image; the connected image is ignored.", spec.id)
@@ -169,7 +186,7 @@ class AIToolkitSample:
         check_interrupted()
         make_room(pipeline.base.device)
         pixels = engine.render(pipeline, request, on_step=step_callback(spec, request.steps, unique_id),
-                               lora_mode=LORA_MODES[lora_mode])
+                               lora_mode=mode)
         return (images_to_comfy(pixels),)
 
 

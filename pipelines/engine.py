@@ -9,6 +9,7 @@ chain" first, so handles never see each other's LoRAs, and a strength change or 
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass, replace
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 
 from .cache import CACHE, LoadedBase
-from .errors import InputError
+from .errors import InputError, LoraError, RenderError
 from .lora import BoundLora, bind_lora
+from .lora.merge import MODES as LORA_MODES
 from .prompts import SampleRequest, prepare
 from .registry import floor_size, get_spec
 from .sources import ModelRoots, resolve_base, resolve_lora
@@ -27,6 +29,33 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MAX_SIDE = 8192
 MAX_STEPS = 1000
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+# Far beyond any useful LoRA strength or guidance (the node widgets stop at 10 and 100); past these the picture is
+# saturated noise or non-finite, so such a value is a typo (or a prompt flag gone wrong), not a preview setting.
+MAX_STRENGTH = 100.0
+MAX_GUIDANCE = 100.0
+
+
+def check_number(label: str, value, lo: float, hi: float, hint: str = "") -> float:
+    """`value` as a float within lo..hi, or an InputError naming the input (NaN and ±Inf are never accepted)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{label} must be a number, got {value!r}.{hint}") from None
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise InputError(f"{label} must be a finite number in {lo:g}..{hi:g}, got {value!r}.{hint}")
+    return number
+
+
+def check_int(label: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"{label} must be a whole number, got {value!r}.")
+    try:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError
+        return int(number)
+    except (ValueError, OverflowError):
+        raise InputError(f"{label} must be a whole number, got {value!r}.") from None
 
 
 def pick_device(device: str = "auto") -> str:
@@ -65,22 +94,38 @@ class PipelineHandle:
 
     def with_lora(self, path: str, strength: float = 1.0) -> "PipelineHandle":
         """A new handle with one more LoRA. The file is read and matched now, so errors surface here."""
+        strength = check_number("LoRA strength", strength, -MAX_STRENGTH, MAX_STRENGTH,
+                                " 1.0 renders the LoRA as trained.")
         base, chain = _live(self)
         links = tuple(LoraLink(bound, s) for bound, s in chain)
-        return replace(self, base=base, loras=links + (LoraLink(bind(base, path), float(strength)),))
+        return replace(self, base=base, loras=links + (LoraLink(bind(base, path), strength),))
 
     def reports(self) -> list:
         return [link.bound.report for link in self.loras]
 
 
+_LAST_READ: dict = {}  # LoRA real path -> (path, mtime, size) when it was last read, for any base
+
+
 def bind(base: LoadedBase, path: str) -> BoundLora:
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+    """The file bound to `base`, read once per (file, mtime, size). When the file changed on disk since it was last
+    bound here, it is read again and the report says so; handles bound earlier keep the content they read."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise LoraError(f"LoRA file {os.path.basename(path)} cannot be read ({exc.strerror or exc}).") from None
+    real = os.path.realpath(path)
+    key = (real, st.st_mtime_ns, st.st_size)
     with base.lock:
         bound = base.bound.get(key)
         if bound is None:
             bound = bind_lora(path, base.spec, base.patcher.components)
+            earlier = _LAST_READ.get(real)
+            if earlier is not None and earlier != key:
+                bound.report.notes.append("the file changed on disk since it was last applied: this is the new "
+                                          "content (graphs that applied the old file keep rendering the old one)")
             base.bound[key] = bound
+            _LAST_READ[real] = key
         return bound
 
 
@@ -97,12 +142,21 @@ def apply_lora(handle: PipelineHandle, name: str, strength: float = 1.0,
     return handle.with_lora(resolve_lora(name, roots or ModelRoots.from_env()), strength)
 
 
+def _default_if_negative(value, default):
+    """The node's "-1 = model default" rule; anything that is not a number is left for the range check to name."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        return default
+    return value
+
+
 def build_request(spec, prompt: str, negative_prompt: str = "", trigger_word: str | None = None, width: int = 0,
                   height: int = 0, seed: int = 42, steps: int = 0, guidance_scale: float = -1.0,
                   guidance_rescale: float = 0.0) -> SampleRequest:
     """The node's values → the request ai-toolkit would render. 0 (size, steps) or a negative guidance means the
     model's default; flags in the prompt then override; finally the size is floored as ai-toolkit does."""
     d = spec.defaults
+    width, height, steps, seed = (check_int(label, v) for label, v in (("width", width or 0), ("height", height or 0),
+                                                                       ("steps", steps or 0), ("seed", seed)))
     width, height = width or d.width, height or d.height
     for label, side in (("width", width), ("height", height)):
         if side < spec.size_min or side > MAX_SIDE:
@@ -110,12 +164,22 @@ def build_request(spec, prompt: str, negative_prompt: str = "", trigger_word: st
                              f"(0 means the model default, {d.width}x{d.height}).")
     request = SampleRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", width=int(width),
                             height=int(height), seed=int(seed), steps=int(steps or d.steps),
-                            guidance_scale=float(d.guidance_scale if guidance_scale < 0 else guidance_scale),
-                            guidance_rescale=float(guidance_rescale))
+                            guidance_scale=_default_if_negative(guidance_scale, d.guidance_scale),
+                            guidance_rescale=guidance_rescale)
     request = prepare(request, trigger_word if trigger_word else None)
+    request = replace(request, guidance_scale=check_number(
+        "guidance_scale (--cfg/--l)", request.guidance_scale, 0.0, MAX_GUIDANCE,
+        " Use your training config's guidance_scale (-1 on the node = the model default)."),
+        guidance_rescale=check_number("guidance_rescale (--gr)", request.guidance_rescale, 0.0, 1.0,
+                                      " 0 = off, as ai-toolkit's default."))
+    if request.network_multiplier is not None:
+        check_number("--m (network_multiplier)", request.network_multiplier, -MAX_STRENGTH, MAX_STRENGTH,
+                     " It sets the strength of every LoRA in the chain; 1.0 = as trained.")
     width, height = floor_size(spec, request.width, request.height)
     if max(width, height) > MAX_SIDE:
-        raise InputError(f"Size {width}x{height} (from the prompt's --w/--h) is larger than {MAX_SIDE}.")
+        raise InputError(f"Size {width}x{height} (from the prompt's --w/--h) is larger than {MAX_SIDE}. Write "
+                         f"--w/--h of at most {MAX_SIDE} (ai-toolkit floors them to a multiple of "
+                         f"{spec.size_divisor}), or remove the flags to use the node's width and height.")
     cfg = spec.scheduler.config
     max_steps = min(MAX_STEPS, int(cfg.get("num_train_timesteps", 1000)) - int(cfg.get("steps_offset", 0)))
     if not 1 <= request.steps <= max_steps:
@@ -135,20 +199,61 @@ def _live(handle: PipelineHandle) -> tuple:
     if not base.released:
         return base, [(link.bound, link.strength) for link in handle.loras]
     base = CACHE.get(base.spec, base.source, base.dtype, base.device)
-    return base, [(bind(base, link.bound.path), link.strength) for link in handle.loras]
+    # a bound LoRA names its targets by component and module path, and holds its own tensors: it applies to the
+    # reloaded base as it is, with the content it was applied with (the file may have changed since)
+    return base, [(link.bound, link.strength) for link in handle.loras]
 
 
 def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None = None, on_step=None,
            lora_mode: str = "merge") -> np.ndarray:
     """Render one request with the handle's LoRA chain applied (`lora_mode` "merge", ai-toolkit's default, or
-    "branch": its unmerged fp32 path for sample events with mixed multipliers); returns uint8 [B, H, W, 3]."""
+    "branch": its unmerged fp32 path for sample events with mixed multipliers); returns uint8 [B, H, W, 3].
+
+    Never returns a black image for a broken render: non-finite latents (checked after every step) or pixels
+    raise a RenderError that says where it broke and the likely cause."""
+    if lora_mode not in LORA_MODES:
+        raise InputError(f"Unknown lora_mode {lora_mode!r}; choose one of: {', '.join(LORA_MODES)}.")
     base, chain = _live(handle)
     multiplier = request.network_multiplier
     stack = [(bound, strength if multiplier is None else multiplier) for bound, strength in chain]
     with base.lock:
         base.patcher.set_stack(stack, lora_mode)
-        images = base.family.generate(base.spec, base.pipe, request, sampler=sampler, on_step=on_step)
-    return np.stack([np.asarray(img.convert("RGB"), dtype=np.uint8) for img in images])
+        pixels = base.family.generate(base.spec, base.pipe, request, sampler=sampler,
+                                      on_step=_finite_steps(stack, base.dtype, on_step))
+    return to_uint8(pixels, stack, base.dtype)
+
+
+def _likely_cause(stack, dtype) -> str:
+    causes = []
+    strengths = [abs(s) for _, s in stack]
+    if strengths and max(strengths) > 2:
+        causes.append(f"a LoRA strength far too high ({max(strengths):g}; 1.0 = as trained)")
+    if dtype == torch.float16:
+        causes.append("fp16 overflow (load the pipeline with dtype bf16 or fp32)")
+    causes.append("a LoRA whose weights are extreme (try strength 1.0, or an earlier checkpoint)")
+    return "; or ".join(causes)
+
+
+def _finite_steps(stack, dtype, on_step):
+    def check(step, total, latents):
+        if latents is not None and not bool(torch.isfinite(latents).all()):
+            raise RenderError(f"The latents became NaN/Inf at step {step} of {total}, so the image would be black. "
+                              f"Likely cause: {_likely_cause(stack, dtype)}.")
+        if on_step is not None:
+            on_step(step, total, latents)
+    return check
+
+
+def to_uint8(pixels, stack=(), dtype=None) -> np.ndarray:
+    """The pipeline's float pixels (0..1) as its PIL output holds them: `round(x * 255)` (Diffusers'
+    `numpy_to_pil`), after checking that they are finite."""
+    pixels = np.asarray(pixels)
+    if not np.isfinite(pixels).all():
+        cause = ("the VAE decode overflowed: the classic fp16 SDXL black image. Load the pipeline with dtype bf16 "
+                 "or fp32" if dtype == torch.float16 else _likely_cause(stack, dtype))
+        raise RenderError(f"The decoded image holds NaN/Inf pixels although the latents were finite. Likely cause: "
+                          f"{cause}.")
+    return (pixels * 255).round().astype(np.uint8)
 
 
 def generate(handle: PipelineHandle, prompt: str, **values) -> np.ndarray:

@@ -26,5 +26,9 @@ class ControlImageError(AitkError, ValueError):
     pass
 
 
+class RenderError(AitkError, RuntimeError):
+    """A render produced non-finite latents or pixels (it would have been a black image)."""
+
+
 class Interrupted(AitkError):
     """Sampling was cancelled between steps; the cached pipeline is left as it was."""

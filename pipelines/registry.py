@@ -85,6 +85,7 @@ class ModelSpec:
     control_image: str | None = None  # None: no control image; otherwise what the model needs it for
     base_versions: tuple[str, ...] = ()  # `ss_base_model_version` values ai-toolkit writes for this model
     single_file_config: str | None = None  # folder under pipelines/configs/ for single-file checkpoints
+    checkpoint_marker: str | None = None   # a key prefix only this model's single-file checkpoints have
     latent_rgb_factors: tuple[tuple[float, float, float], ...] = ()
     latent_rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
     notes: str = ""
@@ -116,6 +117,7 @@ _SPECS = (
         ),
         base_versions=("sd_1.5", "sd_v1", "sd1"),
         single_file_config="sd15",
+        checkpoint_marker="cond_stage_model.transformer.",
         latent_rgb_factors=_SD15_RGB,
         notes="ai-toolkit SD 1.5 preset: ddpm, guidance 6, 512x512; steps_offset 1 (pipeline constructor rewrite)",
     ),
@@ -137,6 +139,7 @@ _SPECS = (
         guidance_rescale=True,
         base_versions=("sdxl_1.0", "sdxl", "sdxl_base_v1-0"),
         single_file_config="sdxl",
+        checkpoint_marker="conditioner.embedders.1.",
         latent_rgb_factors=_SDXL_RGB,
         latent_rgb_bias=(-0.1, -0.1, -0.1),
         notes="ai-toolkit SDXL preset: ddpm, guidance 6, 1024x1024; steps_offset 0; no watermark",

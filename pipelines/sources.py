@@ -7,11 +7,12 @@ ComfyUI those are its `folder_paths` folders (the nodes pass them in); outside, 
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 from .errors import LoraError, ModelSourceError
-from .registry import ModelSpec
+from .registry import REGISTRY, ModelSpec
 
 MODELS_ENV = "AITK_MODELS_DIR"
 CHECKPOINT_EXTS = (".safetensors",)
@@ -89,14 +90,55 @@ def resolve_base(spec: ModelSpec, base: str, roots: ModelRoots) -> BaseSource:
         return BaseSource("hub", spec.base_repo)
     folder = roots.resolve("diffusers", base)
     if folder and os.path.isfile(os.path.join(folder, "model_index.json")):
+        _check_folder_model(spec, base, folder)
         return BaseSource("diffusers", folder)
     ckpt = roots.resolve("checkpoints", base)
     if ckpt and os.path.isfile(ckpt):
+        _check_checkpoint_model(spec, base, ckpt)
         return BaseSource("single_file", ckpt, single_file_config_dir(spec, ckpt))
     raise ModelSourceError(
         f"Base model {base!r} was not found for {spec.id}. Use \"default\" ({spec.base_repo} from the Hugging Face "
         f"cache), a Diffusers folder (with model_index.json) under diffusers/ {list(roots.diffusers)}, or a "
         f"single-file checkpoint under checkpoints/ {list(roots.checkpoints)}.")
+
+
+def _check_folder_model(spec: ModelSpec, name: str, folder: str) -> None:
+    """The folder's model_index.json names its pipeline: refuse a folder of another model, naming the right id."""
+    index_path = os.path.join(folder, "model_index.json")
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        cls = index.get("_class_name") if isinstance(index, dict) else None
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"Base {name!r}: its model_index.json cannot be read ({exc}). Download or save the "
+                               "Diffusers folder again.") from None
+    if not isinstance(cls, str) or cls == spec.pipeline_class:
+        return
+    ids = ", ".join(other.id for other in REGISTRY.values() if other.pipeline_class == cls)
+    pick = f"pick model {ids} for it" if ids else "no model id of this pack uses that pipeline"
+    raise ModelSourceError(f"Base {name!r} is a {cls} folder (its model_index.json says so), not a {spec.label} "
+                           f"({spec.pipeline_class}) one: {pick}, or choose a {spec.label} base for {spec.id}.")
+
+
+def _check_checkpoint_model(spec: ModelSpec, name: str, path: str) -> None:
+    """A single file must carry the keys of the model it is loaded as; name the model id whose keys it has."""
+    if not spec.checkpoint_marker:
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            keys = list(f.keys())
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ModelSourceError(f"Checkpoint {name!r} cannot be read as safetensors ({exc}). Download or copy the "
+                               "file again.") from None
+    if any(k.startswith(spec.checkpoint_marker) for k in keys):
+        return
+    others = [o.id for o in REGISTRY.values() if o.checkpoint_marker and o.id != spec.id
+              and any(k.startswith(o.checkpoint_marker) for k in keys)]
+    what = f"a {', '.join(others)} checkpoint: pick model {others[0]} for it" if others else \
+        f"not a {spec.label} checkpoint (it has none of its {spec.checkpoint_marker}… keys)"
+    raise ModelSourceError(f"Checkpoint {name!r} is {what}, or choose a {spec.label} checkpoint for {spec.id}.")
 
 
 def single_file_config_dir(spec: ModelSpec, checkpoint: str) -> str:
@@ -144,5 +186,8 @@ def resolve_lora(name: str, roots: ModelRoots) -> str:
         path = roots.resolve("loras", cand)
         if path and os.path.isfile(path):
             return path
+        if path and os.path.isdir(path):
+            raise LoraError(f"LoRA {name!r} is a folder, not a file. Pick the .safetensors file inside it (or rename "
+                            "the folder).")
     raise LoraError(f"LoRA {name!r} was not found in the loras folders {list(roots.loras)}. Put the .safetensors "
                     "file there (names are relative to that folder; paths outside it are not allowed).")

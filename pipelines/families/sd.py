@@ -88,11 +88,26 @@ def _prepare_components(pipe, label, spec, dtype, device) -> None:
             if meta:
                 raise ModelSourceError(f"{label}: {name} has weights missing from the file ({meta[0]} …). It does "
                                        f"not look like a complete {spec.label} model.")
+            before = {t.data_ptr() for t in _tensors(module)}
             module.to(device=device, dtype=dtype)
+            _own_memory(module, before)
             module.requires_grad_(False)
             module.eval()
     finally:
         diffusers_logging.set_verbosity(level)
+
+
+def _tensors(module):
+    return [t for t in (*module.parameters(), *module.buffers()) if t.numel()]
+
+
+def _own_memory(module, loaded_ptrs: set) -> None:
+    """Copy every tensor that `.to()` left where the loader put it (CPU in the file's dtype): it may be a view of
+    the memory-mapped weights file, which would follow the file if it is overwritten (or SIGBUS if truncated)."""
+    with torch.no_grad():
+        for tensor in _tensors(module):
+            if tensor.data_ptr() in loaded_ptrs:
+                tensor.data = tensor.data.clone()
 
 
 def lora_components(pipe) -> dict:
@@ -111,11 +126,12 @@ def _sampling_pipeline(spec, pipe, sampler):
 
 
 def generate(spec, pipe, request, sampler=None, on_step=None):
-    """Render one preview; returns a list with one PIL image. `on_step(step, total, latents)` runs after each step."""
+    """Render one preview; returns the pipeline's float pixels [B, H, W, 3] in 0..1 (`output_type="np"`: what its
+    PIL output is made from). `on_step(step, total, latents)` runs after each step."""
     sampling = _sampling_pipeline(spec, pipe, sampler)
     kwargs = dict(prompt=request.prompt, negative_prompt=request.negative_prompt, height=request.height,
                   width=request.width, num_inference_steps=request.steps, guidance_scale=request.guidance_scale,
-                  generator=torch.Generator("cpu").manual_seed(request.seed), output_type="pil")
+                  generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np")
     if _is_xl(spec):
         kwargs.update(prompt_2=request.prompt, negative_prompt_2=request.negative_prompt_2,
                       guidance_rescale=request.guidance_rescale)

@@ -71,6 +71,33 @@ class LoraModule:
         alpha = self.rank if alpha == 0 else alpha
         return float(alpha) / self.rank
 
+    def problem(self) -> str | None:
+        """What makes this module's tensors impossible to apply (a damaged file), or None."""
+        t = self.tensors
+        alpha = t.get("alpha")
+        if alpha is not None and alpha.numel() != 1:
+            return f"its alpha holds {alpha.numel()} values (shape {tuple(alpha.shape)}), not one number"
+        if self.kind != "lora":
+            return None
+        down, up = t["down"], t["up"]
+        if down.ndim not in (2, 4) or up.ndim != down.ndim:
+            return (f"lora_down has shape {tuple(down.shape)} and lora_up {tuple(up.shape)}: they must both be "
+                    "matrices (Linear) or both 4-d (Conv2d)")
+        if up.shape[1] != down.shape[0]:
+            return (f"lora_down has rank {down.shape[0]} but lora_up expects rank {up.shape[1]} "
+                    f"(shapes {tuple(down.shape)} and {tuple(up.shape)})")
+        if down.ndim == 4 and tuple(up.shape[2:]) != (1, 1):
+            return f"a conv lora_up must be 1x1, got shape {tuple(up.shape)}"
+        return None
+
+    def first_non_finite(self) -> str | None:
+        """The first key of this module holding NaN or Inf, or None."""
+        for key in self.keys:
+            tensor = self.tensors.get(_match(key)[1])
+            if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return key
+        return None
+
     def is_zero(self) -> bool:
         t = self.tensors
         if self.kind == "lora":
@@ -141,6 +168,14 @@ class LoraModule:
         return multiplier * self.tensors["diff_b"].to(device).float()
 
 
+def _match(key: str) -> tuple[str, str] | None:
+    """(suffix, part) of a module tensor key, or None for a key that belongs to no module."""
+    for suffix, part in _SUFFIXES.items():
+        if key.endswith(suffix):
+            return suffix, part
+    return None
+
+
 @dataclass
 class ParsedLora:
     modules: dict            # name -> LoraModule
@@ -151,16 +186,15 @@ def parse_tensors(tensors: dict) -> ParsedLora:
     modules: dict[str, LoraModule] = {}
     leftovers = []
     for key in sorted(tensors):
-        for suffix, part in _SUFFIXES.items():
-            if key.endswith(suffix):
-                name = key[: -len(suffix)]
-                style = "peft" if suffix in _PEFT_SUFFIXES else "kohya"
-                mod = modules.setdefault(name, LoraModule(name, style))
-                if style == "peft":
-                    mod.style = "peft"
-                mod.tensors[part] = tensors[key]
-                mod.keys.append(key)
-                break
-        else:
+        hit = _match(key)
+        if hit is None:
             leftovers.append(key)
+            continue
+        suffix, part = hit
+        style = "peft" if suffix in _PEFT_SUFFIXES else "kohya"
+        mod = modules.setdefault(key[: -len(suffix)], LoraModule(key[: -len(suffix)], style))
+        if style == "peft":
+            mod.style = "peft"
+        mod.tensors[part] = tensors[key]
+        mod.keys.append(key)
     return ParsedLora(modules, leftovers)
