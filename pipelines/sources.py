@@ -62,7 +62,7 @@ class ModelRoots:
 
     def resolve(self, kind: str, name: str) -> str | None:
         """Absolute path of `name` inside one of the `kind` roots, or None. Never escapes the roots."""
-        if not name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
+        if not name or "\0" in name or os.path.isabs(name) or ".." in name.replace("\\", "/").split("/"):
             return None
         for root in self.folders(kind):
             # lexically inside the root (no "..", not absolute); symlinked files in the folder are the user's choice

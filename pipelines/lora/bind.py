@@ -146,6 +146,11 @@ def _check_tensors(name: str, parsed) -> None:
 
 
 def _no_match_cause(report, parsed, tensors) -> str:
+    kinds = {m.kind for m in parsed.modules.values()}
+    if kinds == {"fullrank"} and report.shape_mismatch and any(
+            ".alpha" in k for k in tensors):  # rank-sized lora_down + alpha, but no lora_up: not a full-rank file
+        return ("its modules have lora_down but no lora_up/lora_B tensors: the file is incomplete (or damaged). "
+                "Re-save it from ai-toolkit")
     if report.shape_mismatch and not report.unmatched:
         return ("every module has the wrong shape: it was trained on another model with the same layer names "
                 "(e.g. an SD 1.5 LoRA on SDXL or the other way round)")

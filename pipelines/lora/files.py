@@ -40,6 +40,11 @@ class LoraFile:
         return os.path.basename(self.path)
 
 
+def _json_kind(value) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def _malformed(name: str, what: str) -> LoraError:
     return LoraError(f"LoRA file {name} has a malformed safetensors header: {what}. The file is damaged or was not "
                      f"written by a safetensors writer. {RESAVE}")
@@ -78,15 +83,15 @@ def _parse_header(name: str, stream, size: int) -> tuple[dict, dict, int]:
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise LoraError(f"LoRA file {name} cannot be read as safetensors ({exc}). {RESAVE}") from None
     if not isinstance(header, dict):
-        raise _malformed(name, f"the JSON header is a {type(header).__name__}, not an object")
+        raise _malformed(name, f"the JSON header is {_json_kind(header)}, not an object")
     metadata = header.pop("__metadata__", None)
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
-        raise _malformed(name, f"__metadata__ is a {type(metadata).__name__}, not an object of strings")
+        raise _malformed(name, f"__metadata__ is {_json_kind(metadata)}, not an object of strings")
     for key, value in metadata.items():
         if not isinstance(value, str):
-            raise _malformed(name, f"the metadata value of {key!r} is a {type(value).__name__}, not a string")
+            raise _malformed(name, f"the metadata value of {key!r} is {_json_kind(value)}, not a string")
     end = max((_check_entry(name, key, entry) for key, entry in header.items()), default=0)
     if 8 + n + end > size:
         raise LoraError(f"LoRA file {name} is truncated ({size} bytes, its header promises {8 + n + end}): it was "

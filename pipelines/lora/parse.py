@@ -83,6 +83,8 @@ class LoraModule:
         if down.ndim not in (2, 4) or up.ndim != down.ndim:
             return (f"lora_down has shape {tuple(down.shape)} and lora_up {tuple(up.shape)}: they must both be "
                     "matrices (Linear) or both 4-d (Conv2d)")
+        if down.shape[0] == 0:
+            return f"lora_down has rank 0 (shape {tuple(down.shape)})"
         if up.shape[1] != down.shape[0]:
             return (f"lora_down has rank {down.shape[0]} but lora_up expects rank {up.shape[1]} "
                     f"(shapes {tuple(down.shape)} and {tuple(up.shape)})")
