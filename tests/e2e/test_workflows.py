@@ -527,6 +527,56 @@ def test_execution_error_is_reported_and_the_server_recovers(comfy_server, libra
     assert_same_pixels(saved_image(comfy_server, after), pixels, "after the error (same prompt)")
 
 
+def _expect_execution_error(server, prompt, node_type: str, parts) -> None:
+    entry = server.run_prompt(prompt)
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    err = history_error(entry)
+    assert err and err["type"] == "execution_error" and err["node_type"] == node_type, err
+    for part in parts:
+        assert part in err["exception_message"], (part, err["exception_message"])
+
+
+def test_lora_resaved_truncated_between_runs_is_an_error_then_the_full_file_runs(comfy_server, library,
+                                                                                e2e_models):
+    """ai-toolkit writes checkpoints into the folder ComfyUI reads: a run that finds the file half-written says so
+    (the server lives on), and the run after the save completes renders the same pixels as before."""
+    good = small_prompt("sdxl", fresh_seed())
+    lora = good[find(good, "ApplyAIToolkitLoRA")]["inputs"]
+    live = e2e_models["loras"] / "resaved_mid_run.safetensors"
+    live.write_bytes((e2e_models["loras"] / lora["lora_name"]).read_bytes())
+    lora["lora_name"] = live.name
+    first = comfy_server.run_prompt(good)
+    assert_success(first)
+    pixels = saved_image(comfy_server, first)
+    assert_same_pixels(pixels, library.image(small_prompt("sdxl", good[find(good, "AIToolkitSample")]["inputs"]
+                                                          ["seed"])), "a copy of the example LoRA")
+    data = live.read_bytes()
+    live.write_bytes(data[: len(data) // 2])
+    _expect_execution_error(comfy_server, good, "ApplyAIToolkitLoRA", [live.name, "truncated"])
+    live.write_bytes(data)
+    touch(live)
+    after = comfy_server.run_prompt(good)
+    assert_success(after)
+    assert_same_pixels(saved_image(comfy_server, after), pixels, "after the save completed")
+
+
+@pytest.mark.parametrize("where, value, parts", [
+    ("ApplyAIToolkitLoRA", {"strength": float("nan")}, ["LoRA strength", "nan"]),
+    ("AIToolkitSample", {"prompt": "photo of [trigger] --m nan"}, ["--m"]),
+    ("AIToolkitSample", {"prompt": "photo of [trigger] --cfg inf"}, ["guidance_scale"]),
+], ids=["strength_nan", "flag_m_nan", "flag_cfg_inf"])
+def test_non_finite_numbers_through_post_prompt_are_errors(comfy_server, library, where, value, parts):
+    """NaN passes ComfyUI's min/max validation (every comparison with NaN is false), and prompt flags bypass the
+    widgets entirely: the pack refuses them with a message instead of rendering a black image."""
+    bad = small_prompt("sdxl", fresh_seed())
+    bad[find(bad, where)]["inputs"].update(value)
+    _expect_execution_error(comfy_server, bad, where, parts)
+    good = small_prompt("sdxl", fresh_seed())
+    entry = comfy_server.run_prompt(good)
+    assert_success(entry)
+    assert_same_pixels(saved_image(comfy_server, entry), library.image(good), "the next graph")
+
+
 # --- interrupt, progress, previews ----------------------------------------------------------------------------------
 
 def test_interrupt_mid_run_then_the_next_prompt_succeeds(comfy_server, library):
