@@ -12,34 +12,19 @@ checkpoint with a config-only sidecar folder, and LoRA files in every layout the
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACK = "aitk_pack"
+from tests.fixtures.pack_import import PACK, ROOT, import_pack  # noqa: E402,F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(2)
-
-
-def _import_pack():
-    """Import the repository as ComfyUI does: the folder is a package and its imports are relative."""
-    if PACK in sys.modules:
-        return sys.modules[PACK]
-    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 class _RootIsAFolder:
@@ -58,7 +43,7 @@ def pytest_configure(config):
         config.pluginmanager.register(_RootIsAFolder(), "aitk-root-is-a-folder")
 
 
-pack = _import_pack()
+pack = import_pack()
 from aitk_pack.pipelines import tiny  # noqa: E402
 from tests.fixtures.single_file import pipeline_to_single_file  # noqa: E402
 
