@@ -26,7 +26,7 @@ def _pixels(server, entry) -> np.ndarray:
     return np.asarray(Image.open(server.output_paths(entry)[0]))
 
 
-def _wait_for_log(server, text: str, timeout: float = 30) -> bool:
+def _wait_for_log(server, text: str, timeout: float = 120) -> bool:
     end = time.time() + timeout
     while time.time() < end:
         if text in server.log_text():
