@@ -32,7 +32,7 @@ import torch
 from .errors import QuantizationError
 
 PACKAGE = "optimum-quanto"
-INSTALL = "pip install optimum-quanto>=0.2.4"  # 0.2.4 is what ai-toolkit's requirements pin
+INSTALL = "pip install \"optimum-quanto>=0.2.4\""  # 0.2.4 is what ai-toolkit's requirements pin
 
 # ai-toolkit qtype names (`model.qtype`, the UI's Quantization menu) that it quantizes with optimum-quanto ->
 # the optimum-quanto qtype name (`toolkit/util/quantize.py:get_qtype` falls through to `optimum.quanto.qtypes`).
