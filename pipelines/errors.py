@@ -32,3 +32,7 @@ class RenderError(AitkError, RuntimeError):
 
 class Interrupted(AitkError):
     """Sampling was cancelled between steps; the cached pipeline is left as it was."""
+
+
+class QuantizationError(AitkError):
+    """A quantized base cannot be built: optimum-quanto is missing, or the qtype is not one the pack reproduces."""

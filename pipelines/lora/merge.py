@@ -10,6 +10,12 @@ When the prompts of one ai-toolkit sample event use different multipliers (`--m`
 LoRA runs as an fp32 side branch added to the module's output in its dtype. `mode="branch"` reproduces that by
 wrapping each target's `forward` as ai-toolkit does (LoRA/LoCon modules; full-delta modules are merged either way).
 
+On a quantized base ai-toolkit never merges (`BaseSDTrainProcess` sets `network.can_merge_in = False` when
+`model.quantize` is set, for every module of the network, quantized layer or not): `mode="quantized"` runs every
+LoRA and full-rank module as that fp32 branch over the (quanto) layer, whose weights are never written, and a
+patcher built over components holding quantized layers uses it whatever mode is asked for. Full deltas cannot be
+added to quantized weights and are refused there.
+
 `WeightPatcher.set_stack(stack, mode)` brings the base to "pristine + stack"; calling it with the stack already in
 place does nothing. Any failure restores every touched weight before the error propagates.
 """
@@ -20,7 +26,11 @@ from contextlib import contextmanager
 
 import torch
 
-MODES = ("merge", "branch")
+from ..errors import LoraError
+from ..quantize import is_quantized
+
+MODES = ("merge", "branch", "quantized")
+BRANCHED_KINDS = {"merge": (), "branch": ("lora",), "quantized": ("lora", "fullrank")}
 
 
 @contextmanager
@@ -47,8 +57,12 @@ class _Unpatch:
 class WeightPatcher:
     """Owns the LoRA state of one cached base (its components dict: name -> nn.Module)."""
 
-    def __init__(self, components: dict):
+    def __init__(self, components: dict, quantized: bool | None = None):
         self.components = components
+        # None: quantized when any component holds a quantized layer (the base was loaded with quantization on).
+        if quantized is None:
+            quantized = any(is_quantized(m) for comp in components.values() for m in comp.modules())
+        self.quantized = quantized
         self.pristine: dict = {}   # (component, module path, "weight"|"bias") -> CPU tensor
         self.signature: tuple = ()
         self.branches: list = []
@@ -71,22 +85,24 @@ class WeightPatcher:
 
     def set_stack(self, stack, mode: str = "merge") -> None:
         """stack: sequence of (BoundLora, multiplier). Brings the base to pristine + the stack (merged once, or as
-        fp32 side branches with mode="branch")."""
+        fp32 side branches with mode="branch"; on a quantized base always mode="quantized")."""
         if mode not in MODES:
             raise ValueError(f"unknown LoRA mode {mode!r}")
+        if self.quantized:
+            mode = "quantized"
         signature = (mode,) + tuple((b.token, float(m)) for b, m in stack)
         with self.lock:
             if signature == self.signature:
                 return
             try:
                 self.restore()
-                self._merge(stack, branch=(mode == "branch"))
+                self._merge(stack, BRANCHED_KINDS[mode])
                 self.signature = signature
             except BaseException:
                 self.restore()
                 raise
 
-    def _merge(self, stack, branch: bool = False) -> None:
+    def _merge(self, stack, branched_kinds=()) -> None:
         grouped: dict = {}
         for bound, multiplier in stack:
             for target in bound.targets:
@@ -96,13 +112,17 @@ class WeightPatcher:
         with torch.no_grad(), _exact_matmul():
             for (comp, path), entries in grouped.items():
                 module = self.components[comp].get_submodule(path)
-                if branch:
-                    branched = [(m, mult) for m, mult in entries if m.kind == "lora"]
-                    if branched:
-                        self._add_branches(module, branched)
-                    entries = [(m, mult) for m, mult in entries if m.kind != "lora"]
-                    if not entries:
-                        continue
+                branched = [(m, mult) for m, mult in entries if m.kind in branched_kinds]
+                if branched:
+                    self._add_branches(module, branched)
+                entries = [(m, mult) for m, mult in entries if m.kind not in branched_kinds]
+                if not entries:
+                    continue
+                if is_quantized(module):
+                    lora_module = entries[0][0]
+                    raise LoraError(f"{lora_module.name} ({lora_module.kind}) cannot be merged into {comp}.{path}: "
+                                    "that layer is quantized. Full-weight deltas are not supported on quantized "
+                                    "bases; load the base without quantization.")
                 self._merge_param(comp, path, module, "weight", entries, lambda m, mult, dev: m.weight_term(mult, dev))
                 if any("diff_b" in m.tensors for m, _ in entries) and getattr(module, "bias", None) is not None:
                     self._merge_param(comp, path, module, "bias", entries, lambda m, mult, dev: m.bias_term(mult, dev))

@@ -141,24 +141,28 @@ class LoraModule:
 
     def branch(self, module: torch.nn.Module, multiplier: float):
         """ai-toolkit's unmerged forward for this LoRA on `module`: a function x -> the term added to the output,
-        `((up(down(x.float())) * scale) * multiplier).to(out dtype)` (`ToolkitModuleMixin.forward`)."""
+        `((up(down(x.float())) * scale) * multiplier).to(out dtype)` (`ToolkitModuleMixin.forward`; a full-rank
+        module has an identity `lora_up`). `module` may be a quantized layer: only its device and conv geometry
+        are read."""
         device = module.weight.device
         # ai-toolkit's LoRA weights are trainable parameters while it samples; on CPU, F.linear on a non-contiguous
         # input (SDXL's proj_in) rounds differently with requires_grad set, so keep that flag as it has it.
         # Fresh, aligned copies (like the nn.Linear parameters ai-toolkit holds): CPU matmul kernels can round
         # differently for tensors that are views into a loaded file's buffer.
         down = self.tensors["down"].to(device).float().clone().requires_grad_(True)
-        up = self.tensors["up"].to(device).float().clone().requires_grad_(True)
+        up = self.tensors["up"].to(device).float().clone().requires_grad_(True) if self.kind == "lora" else None
         scale = torch.tensor(self.scale, dtype=torch.float32, device=device)
         mult = torch.tensor(multiplier, dtype=torch.float32, device=device)
         if down.ndim == 2:
             def lora(x):
-                return torch.nn.functional.linear(torch.nn.functional.linear(x.float(), down), up)
+                hidden = torch.nn.functional.linear(x.float(), down)
+                return hidden if up is None else torch.nn.functional.linear(hidden, up)
         else:
             stride, padding = module.stride, module.padding
 
             def lora(x):
-                return torch.nn.functional.conv2d(torch.nn.functional.conv2d(x.float(), down, None, stride, padding), up)
+                hidden = torch.nn.functional.conv2d(x.float(), down, None, stride, padding)
+                return hidden if up is None else torch.nn.functional.conv2d(hidden, up)
 
         def term(x, dtype):
             return ((lora(x) * scale) * mult).to(dtype)
