@@ -23,7 +23,6 @@ With `--bind`, each file is also written (bf16 zeros) and passed to the real `bi
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -32,25 +31,15 @@ from types import SimpleNamespace
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACK = "aitk_pack"
+sys.path.insert(0, ROOT)
+from tests.fixtures.pack_import import import_pack  # noqa: E402  (the pack as `aitk_pack`, as the tests import it)
+
 RANK = 4
 
 UNET_BLOCKS = ("Transformer2DModel",)
 CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
 TE_BLOCKS = ("CLIPAttention", "CLIPMLP")
 TE_PREFIX = {"sd15": {"text_encoder": "lora_te"}, "sdxl": {"text_encoder": "lora_te1", "text_encoder_2": "lora_te2"}}
-
-
-def import_pack():
-    """Import the repository under `aitk_pack`, as tests/conftest.py (and ComfyUI) do."""
-    if PACK in sys.modules:
-        return sys.modules[PACK]
-    spec = importlib.util.spec_from_file_location(PACK, os.path.join(ROOT, "__init__.py"),
-                                                  submodule_search_locations=[ROOT])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[PACK] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def build_meta(model_id: str) -> dict:
