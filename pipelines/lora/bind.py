@@ -131,7 +131,7 @@ def _guess_from_keys(keys) -> str | None:
 def _check_tensors(name: str, parsed) -> None:
     """Damaged modules and NaN/Inf values are refused at Apply, naming the module or key (never a torch error or a
     black image at Sample)."""
-    broken = [(n, m.problem()) for n, m in parsed.modules.items() if m.problem()]
+    broken = [(n, why) for n, why in ((n, m.problem()) for n, m in parsed.modules.items()) if why]
     if broken:
         first, why = broken[0]
         more = f" ({len(broken) - 1} more modules like it)" if len(broken) > 1 else ""
@@ -145,12 +145,15 @@ def _check_tensors(name: str, parsed) -> None:
                             "checkpoint of the run (and a lower learning rate for the next one).")
 
 
+INCOMPLETE = ("its modules have no lora_up/lora_B tensors (only lora_down or alpha): the file is incomplete (or "
+              "damaged). Re-save it from ai-toolkit")
+
+
 def _no_match_cause(report, parsed, tensors) -> str:
     kinds = {m.kind for m in parsed.modules.values()}
-    if kinds == {"fullrank"} and report.shape_mismatch and any(
-            ".alpha" in k for k in tensors):  # rank-sized lora_down + alpha, but no lora_up: not a full-rank file
-        return ("its modules have lora_down but no lora_up/lora_B tensors: the file is incomplete (or damaged). "
-                "Re-save it from ai-toolkit")
+    if kinds == {"incomplete"} or (kinds == {"fullrank"} and report.shape_mismatch and any(
+            ".alpha" in k for k in tensors)):  # rank-sized lora_down + alpha without lora_up: not a full-rank file
+        return INCOMPLETE
     if report.shape_mismatch and not report.unmatched:
         return ("every module has the wrong shape: it was trained on another model with the same layer names "
                 "(e.g. an SD 1.5 LoRA on SDXL or the other way round)")
@@ -159,10 +162,7 @@ def _no_match_cause(report, parsed, tensors) -> str:
         return f"this looks like a {guess} LoRA"
     if not parsed.modules:
         return "it holds no LoRA weights (is it a checkpoint or an embedding?)"
-    if all(m.kind == "incomplete" for m in parsed.modules.values()):
-        return ("its modules have no lora_up/lora_B tensors (only lora_down or alpha): the file is incomplete. "
-                "Re-save it from ai-toolkit")
-    if all(m.kind == "unsupported" for m in parsed.modules.values()):
+    if kinds == {"unsupported"}:
         return "all of its modules are of a kind this pack does not apply yet: " + parsed.modules[
             next(iter(parsed.modules))].unsupported_reason
     return "none of its layer names exist in this model"

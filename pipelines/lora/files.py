@@ -100,6 +100,10 @@ def _parse_header(name: str, stream, size: int) -> tuple[dict, dict, int]:
     return header, metadata, 8 + n
 
 
+def _unreadable(name: str, exc: OSError) -> LoraError:
+    return LoraError(f"LoRA file {name} cannot be read ({exc.strerror or exc}). Check that it exists and is readable.")
+
+
 def _check_is_file(path: str) -> None:
     if os.path.isdir(path):
         raise LoraError(f"LoRA {os.path.basename(path)} is a folder, not a file. Pick the .safetensors file inside "
@@ -115,8 +119,7 @@ def read_header(path: str) -> tuple[dict, dict]:
         with open(path, "rb") as f:
             entries, metadata, _ = _parse_header(name, f, size)
     except OSError as exc:
-        raise LoraError(f"LoRA file {name} cannot be read ({exc.strerror or exc}). Check that it exists and is "
-                        "readable.") from None
+        raise _unreadable(name, exc) from None
     return entries, metadata
 
 
@@ -130,8 +133,7 @@ def read_lora(path: str) -> LoraFile:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise LoraError(f"LoRA file {name} cannot be read ({exc.strerror or exc}). Check that it exists and is "
-                        "readable.") from None
+        raise _unreadable(name, exc) from None
     entries, metadata, _ = _parse_header(name, io.BytesIO(data), len(data))
     try:
         tensors = load(data)

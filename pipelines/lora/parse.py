@@ -197,8 +197,8 @@ def parse_tensors(tensors: dict) -> ParsedLora:
             leftovers.append(key)
             continue
         suffix, part = hit
-        style = "peft" if suffix in _PEFT_SUFFIXES else "kohya"
-        mod = modules.setdefault(key[: -len(suffix)], LoraModule(key[: -len(suffix)], style))
+        name, style = key[: -len(suffix)], "peft" if suffix in _PEFT_SUFFIXES else "kohya"
+        mod = modules.setdefault(name, LoraModule(name, style))
         if style == "peft":
             mod.style = "peft"
         mod.tensors[part] = tensors[key]
