@@ -23,6 +23,7 @@ import time
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # tests.fixtures (the tiny models)
 
 
 def import_pack():
@@ -57,7 +58,7 @@ def main():
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pack = import_pack()
-    from aitk_pack.pipelines import tiny
+    from tests.fixtures import tiny_sd as tiny
     from aitk_pack.pipelines.cache import CACHE
     from aitk_pack.pipelines.samplers import make_scheduler
     from safetensors.torch import save_file

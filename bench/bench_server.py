@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT))  # tests.fixtures (the tiny models)
 from comfy_harness import ComfyServer, history_error  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def build_models(root: Path, model: str, lora_name: str) -> None:
     """root/hub: HF cache with the tiny `model` under its registry repo id; root/models/loras/<lora_name>."""
     from safetensors.torch import save_file
 
-    from aitk_pack.pipelines import tiny
+    from tests.fixtures import tiny_sd as tiny
     from aitk_pack.pipelines.registry import REGISTRY
 
     repo = REGISTRY[model].base_repo

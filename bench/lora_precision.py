@@ -26,7 +26,8 @@ def main():
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import_pack()
-    from aitk_pack.pipelines import engine, tiny
+    from aitk_pack.pipelines import engine
+    from tests.fixtures import tiny_sd as tiny
     from safetensors.torch import save_file
 
     root = tempfile.mkdtemp(prefix="aitk_prec_")

@@ -90,7 +90,7 @@ def aitk_targets(comps: dict, conv: bool, unet: bool = True, text: bool = False)
 
 def file_modules(model_id: str, comps: dict, targets: list, naming: str) -> dict:
     """{file module name: expected weight shape (what lora_up @ lora_down gives)} for a rank-4 file."""
-    from aitk_pack.pipelines.lora.sgm_names import sgm_name
+    from aitk_pack.pipelines.families.sd.sgm_names import sgm_name
 
     out = {}
     for comp, path, m in targets:
@@ -123,18 +123,18 @@ def factor_tensors(modules: dict, dtype=torch.bfloat16) -> dict:
     return sd
 
 
-def match(modules: dict, comps: dict, layout) -> dict:
+def match(modules: dict, comps: dict, spec) -> dict:
     """bind.py's rule on (name, shape) pairs: applied / unmatched / shape_mismatch, by component for `applied`."""
-    from aitk_pack.pipelines.lora.keymap import build_index
+    from aitk_pack.pipelines.families import get_family
 
-    index = build_index(comps, layout)
+    index = get_family(spec).lora_index(spec, comps)
     res = {"applied": 0, "unmatched": 0, "shape_mismatch": 0, "by_comp": {}, "blocks": {}}
     for name, shape in modules.items():
         hit = index.get(name)
         if hit is None:
             res["unmatched"] += 1
             continue
-        comp, mpath = hit
+        comp, mpath = hit[0].component, hit[0].path
         if tuple(comps[comp].get_submodule(mpath).weight.shape) != shape:
             res["shape_mismatch"] += 1
             continue
@@ -198,7 +198,7 @@ def main():
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import_pack()
-    from aitk_pack.pipelines import tiny
+    from tests.fixtures import tiny_sd as tiny
     from aitk_pack.pipelines.registry import REGISTRY
 
     models = {m: build_meta(m) for m in ("sd15", "sdxl")}
@@ -224,7 +224,7 @@ def main():
     own_min, foreign_max = (None, 1.0), (None, 0.0)
     for label, fam, modules in files:
         for target, comps in models.items():
-            r = match(modules, comps, REGISTRY[target].lora)
+            r = match(modules, comps, REGISTRY[target])
             n = len(modules)
             frac = r["applied"] / n
             by = ", ".join(f"{c} {k}" for c, k in sorted(r["by_comp"].items())) or "-"

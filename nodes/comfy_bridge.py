@@ -51,7 +51,7 @@ def _previews_enabled() -> tuple[bool, int]:
     return args.preview_method != LatentPreviewMethod.NoPreviews, int(getattr(args, "preview_size", 512) or 512)
 
 
-def step_callback(spec, total: int, node_id=None):
+def step_callback(spec, total: int, node_id=None, request=None):
     """An `on_step(step, total, latents)` for the library: ProgressBar + live preview inside ComfyUI, else None."""
     try:
         from comfy.utils import ProgressBar  # type: ignore
@@ -63,7 +63,7 @@ def step_callback(spec, total: int, node_id=None):
     def on_step(step, steps, latents):
         preview = None
         if previews:
-            image = latent_to_image(spec, latents, size)
+            image = latent_to_image(spec, latents, size, request)
             preview = ("JPEG", image, size) if image is not None else None
         bar.update_absolute(step, steps, preview)  # ComfyUI's hook raises here when the user pressed Cancel
         check_interrupted()

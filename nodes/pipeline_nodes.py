@@ -13,6 +13,7 @@ import torch
 from ..pipelines import engine
 from ..pipelines.errors import InputError
 from ..pipelines.registry import REGISTRY, model_ids
+from ..pipelines.spec import ControlSlot
 from ..pipelines.sources import CHECKPOINT_EXTS, LORA_EXTS
 from .comfy_bridge import check_interrupted, log, model_roots, step_callback
 from .memory import comfy_device, make_room
@@ -20,8 +21,8 @@ from .memory import comfy_device, make_room
 PIPELINE_TYPE = "AITK_PIPELINE"
 LORA_MODES = {"merged": "merge", "fp32 branch": "branch"}
 CATEGORY = "AI Toolkit"
-_DEFAULTS_TEXT = "; ".join(f"{s.id}: {s.defaults.width}x{s.defaults.height}, {s.defaults.steps} steps, "
-                           f"guidance {s.defaults.guidance_scale:g}" for s in REGISTRY.values())
+CONTROL_INPUTS = ("control_image", "control_image_2", "control_image_3")  # CONTRACT.md
+_QUANT_PRESETS = ", ".join(f"{s.id} {s.quant.preset}" for s in REGISTRY.values() if s.quant.preset) or "none"
 
 
 def _check_handle(pipeline) -> None:
@@ -75,12 +76,21 @@ class LoadAIToolkitPipeline:
             "device": (["auto", "cuda", "cpu"], {"default": "auto",
                                                   "tooltip": "auto = ComfyUI's device inside ComfyUI (CUDA unless "
                                                              "started with --cpu), else CUDA when available."}),
+        }, "optional": {
+            "quantization": (engine.quantization_choices(), {
+                "default": engine.MATCH_TRAINING,
+                "tooltip": "match training: the quantization ai-toolkit's UI preset trains (and so previews) with, "
+                           f"since LoRA files do not record it ({_QUANT_PRESETS}; every other model unquantized). "
+                           "qfloat8: optimum-quanto float8 weights as ai-toolkit makes them (needs the "
+                           "optimum-quanto package); the LoRA then runs unmerged in fp32, as in ai-toolkit. none: "
+                           "full-precision weights (a different picture from a quantized preview)."}),
         }}
 
-    def load(self, model, base="default", dtype="auto", device="auto"):
+    def load(self, model, base="default", dtype="auto", device="auto", quantization=engine.MATCH_TRAINING):
         if device == "auto":
             device = comfy_device() or "auto"  # inside ComfyUI: its device choice (e.g. --cpu)
-        return (engine.load(model, base=base, dtype=dtype, device=device, roots=model_roots()),)
+        return (engine.load(model, base=base, dtype=dtype, device=device, roots=model_roots(),
+                            quantization=quantization),)
 
 
 class ApplyAIToolkitLoRA:
@@ -146,8 +156,9 @@ class AIToolkitSample:
                                                        "[trigger] then stays in the text literally, exactly as "
                                                        "ai-toolkit renders it without one."}),
                 "width": ("INT", {"default": 0, "min": 0, "max": engine.MAX_SIDE, "step": 8,
-                                  "tooltip": "0 = model default (" + _DEFAULTS_TEXT + "). Floored to the model's "
-                                             "divisor as ai-toolkit does (SD/SDXL: multiple of 8, minimum 64)."}),
+                                  "tooltip": "0 = the model's default (shown under the node). Floored to the "
+                                             "model's divisor as ai-toolkit does (the effective size is shown "
+                                             "under the node)."}),
                 "height": ("INT", {"default": 0, "min": 0, "max": engine.MAX_SIDE, "step": 8,
                                    "tooltip": "0 = model default. Floored like width."}),
                 "seed": ("INT", {"default": 42, "min": 0, "max": engine.MAX_SEED,
@@ -162,8 +173,7 @@ class AIToolkitSample:
             "optional": {
                 "guidance_rescale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                                "tooltip": "sample.guidance_rescale (SDXL only, as in ai-toolkit)."}),
-                "control_image": ("IMAGE", {"tooltip": "Control/reference image for edit and image-to-video "
-                                                       "models; unused by text-to-image models."}),
+                **{name: ("IMAGE", {"tooltip": _control_tooltip(i)}) for i, name in enumerate(CONTROL_INPUTS)},
                 "lora_mode": (list(LORA_MODES), {"default": "merged",
                                                  "tooltip": "How ai-toolkit applied the LoRA in that sample event. "
                                                             "merged: its default (fp32 merge, one rounding). fp32 "
@@ -175,19 +185,53 @@ class AIToolkitSample:
         }
 
     def sample(self, pipeline, prompt, negative_prompt="", trigger_word="", width=0, height=0, seed=42, steps=0,
-               guidance_scale=-1.0, guidance_rescale=0.0, control_image=None, lora_mode="merged", unique_id=None):
+               guidance_scale=-1.0, guidance_rescale=0.0, lora_mode="merged", unique_id=None, **images):
         _check_handle(pipeline)
         mode = _choice("lora_mode", lora_mode, LORA_MODES)
         spec = pipeline.spec
-        if control_image is not None and spec.control_image is None:
-            log.warning("[AI Toolkit] %s takes no control image; the connected image is ignored.", spec.id)
+        controls = _controls(spec, images)
         request = engine.build_request(spec, prompt, negative_prompt, trigger_word, width, height, seed, steps,
-                                       guidance_scale, guidance_rescale)
+                                       guidance_scale, guidance_rescale, controls=controls)
         check_interrupted()
         make_room(pipeline.base.device)
-        pixels = engine.render(pipeline, request, on_step=step_callback(spec, request.steps, unique_id),
+        result = engine.render(pipeline, request, on_step=step_callback(spec, request.steps, unique_id, request),
                                lora_mode=mode)
-        return (images_to_comfy(pixels),)
+        return (images_to_comfy(result.frames),)
+
+
+def _control_tooltip(index: int) -> str:
+    users = [f"{s.id} ({s.controls[index].purpose})" for s in REGISTRY.values() if len(s.controls) > index]
+    return ("Control/reference image (ai-toolkit ctrl_img" + (f"_{index + 1}" if index else "") + "): "
+            + ("; ".join(users) if users else "no model of this pack uses it yet") + ". Other models ignore it.")
+
+
+def _controls(spec, images: dict) -> tuple:
+    """The connected IMAGE inputs → PIL images in the spec's slot order; a connected image the model has no slot
+    for is refused, so it is never silently ignored."""
+    unknown = sorted(set(images) - set(CONTROL_INPUTS))
+    if unknown:
+        raise InputError(f"AIToolkitSample has no input {unknown[0]!r}.")
+    slots: tuple[ControlSlot, ...] = spec.controls
+    names = {slot.name for slot in slots}
+    extra = [name for name, image in images.items() if image is not None and name not in names]
+    if extra:
+        takes = (", ".join(sorted(names)) if names else "no control image")
+        raise InputError(f"{spec.label} takes {takes}; disconnect the image from {extra[0]} (it would be "
+                         "ignored, and the preview would not be what you expect).")
+    return tuple(comfy_to_pil(images.get(slot.name)) for slot in slots)
+
+
+def comfy_to_pil(image):
+    """A ComfyUI IMAGE [B, H, W, C] float 0..1 → the first image as PIL RGB (8-bit, as LoadImage read it)."""
+    if image is None:
+        return None
+    from PIL import Image
+
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (3, 4):
+        raise InputError(f"A control image must be a ComfyUI IMAGE [batch, height, width, 3], got "
+                         f"{getattr(image, 'shape', type(image).__name__)}.")
+    pixels = (image[0, ..., :3].float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
 
 
 def images_to_comfy(pixels: np.ndarray) -> torch.Tensor:

@@ -32,8 +32,8 @@ def registry_payload() -> dict:
     return {spec.id: {"label": spec.label,
                       "defaults": {"steps": spec.defaults.steps, "guidance_scale": spec.defaults.guidance_scale,
                                    "width": spec.defaults.width, "height": spec.defaults.height},
-                      "size_divisor": spec.size_divisor, "size_min": spec.size_min,
-                      "guidance": spec.guidance, "base_versions": list(spec.base_versions)}
+                      "size_divisor": spec.size.divisor, "size_min": spec.size.minimum,
+                      "guidance": spec.guidance.kind, "base_versions": list(spec.base_versions)}
             for spec in REGISTRY.values()}
 
 

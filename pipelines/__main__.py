@@ -1,6 +1,5 @@
-"""Command line: render an ai-toolkit preview without ComfyUI, or run the offline demo.
+"""Command line: render an ai-toolkit preview without ComfyUI (`tools/demo.py` runs it offline on a tiny model).
 
-    python -m pipelines demo --out demo.png          # tiny random SDXL + LoRA built locally: no weights, no network
     python -m pipelines generate --model sdxl --lora my_lora.safetensors:1.0 --trigger ohwx \
         --prompt "photo of [trigger] --n blurry" --seed 42 --out preview.png
 
@@ -12,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 
@@ -45,12 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance-rescale", type=float, default=0.0)
     gen.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     gen.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    gen.add_argument("--quantization", default="match training",
+                     help='"match training" (the preset\'s), "none", or an ai-toolkit qtype (qfloat8)')
     gen.add_argument("--models-dir", default=None, help="overrides $AITK_MODELS_DIR")
     gen.add_argument("--out", required=True, help="output PNG path")
-    demo = sub.add_parser("demo", help="offline demo: tiny random model + LoRA built locally, one image")
-    demo.add_argument("--model", default="sdxl", choices=["sd15", "sdxl"])
-    demo.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "aitk-inference-demo"))
-    demo.add_argument("--out", default="aitk_demo.png")
     return ap
 
 
@@ -62,7 +58,8 @@ def _generate(args) -> int:
         os.environ["AITK_MODELS_DIR"] = args.models_dir
     roots = ModelRoots.from_env()
     t0 = time.perf_counter()
-    handle = load(args.model, base=args.base, dtype=args.dtype, device=args.device, roots=roots)
+    handle = load(args.model, base=args.base, dtype=args.dtype, device=args.device, roots=roots,
+                  quantization=args.quantization)
     for item in args.lora:
         name, strength = _lora_arg(item)
         if os.path.isfile(name):
@@ -87,33 +84,12 @@ def _save(pixels, path: str) -> None:
     Image.fromarray(pixels[0]).save(path)
 
 
-def _demo(args) -> int:
-    from safetensors.torch import save_file
-
-    from . import tiny
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    models = os.path.abspath(args.work_dir)
-    folder = tiny.save_tiny(args.model, os.path.join(models, "diffusers", f"tiny-{args.model}"))
-    lora = os.path.join(models, "loras", f"tiny-{args.model}-lora.safetensors")
-    if not os.path.isfile(lora):
-        os.makedirs(os.path.dirname(lora), exist_ok=True)
-        pipe = tiny.BUILDERS[args.model]()
-        save_file(tiny.make_lora(pipe, args.model, conv=True), lora, metadata=tiny.aitk_metadata(args.model, "ohwx"))
-    print(f"tiny {args.model} model: {folder}\ntiny LoRA: {lora}")
-    ns = argparse.Namespace(model=args.model, base=f"tiny-{args.model}", lora=[os.path.basename(lora) + ":1.0"],
-                            prompt="photo of [trigger], a red fox in the snow --n blurry", negative="",
-                            trigger="ohwx", width=64, height=64, seed=42, steps=8, guidance=-1.0,
-                            guidance_rescale=0.0, dtype="auto", device="cpu", models_dir=models, out=args.out)
-    return _generate(ns)
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     from .errors import AitkError
 
     try:
-        return _demo(args) if args.command == "demo" else _generate(args)
+        return _generate(args)
     except AitkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

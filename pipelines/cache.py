@@ -25,6 +25,7 @@ class LoadedBase:
     source: object
     dtype: torch.dtype
     device: str
+    quantization: str | None
     pipe: object
     patcher: WeightPatcher
     bound: dict = field(default_factory=dict)   # (lora path, mtime, size) -> BoundLora
@@ -41,11 +42,11 @@ class LoadedBase:
 
     @property
     def family(self):
-        return get_family(self.spec.family)
+        return get_family(self.spec)
 
     @property
     def key(self) -> tuple:
-        return (self.spec.id, self.source.key, str(self.dtype), self.device)
+        return (self.spec.id, self.source.key, str(self.dtype), self.device, self.quantization)
 
 
 class BaseCache:
@@ -55,16 +56,19 @@ class BaseCache:
         self._lock = threading.RLock()
         self.loads = 0  # how many times a base was really loaded (tests and benchmarks read it)
 
-    def get(self, spec, source, dtype: torch.dtype, device: str) -> LoadedBase:
-        key = (spec.id, source.key, str(dtype), device)
+    def get(self, spec, source, dtype: torch.dtype, device: str, quantization: str | None = None) -> LoadedBase:
+        """The cached base for these keys, loading it when missing. A quantized base (`quantization`: an ai-toolkit
+        qtype) is cached separately from the unquantized one."""
+        key = (spec.id, source.key, str(dtype), device, quantization)
         with self._lock:
             base = self._bases.get(key)
             if base is not None:
                 self._bases.move_to_end(key)
                 return base
-            family = get_family(spec.family)
-            pipe = family.load_pipeline(spec, source, dtype, device)
-            base = LoadedBase(spec, source, dtype, device, pipe, WeightPatcher(family.lora_components(pipe)))
+            family = get_family(spec)
+            pipe = family.load(spec, source, dtype, device, quantization)
+            base = LoadedBase(spec, source, dtype, device, quantization, pipe,
+                              WeightPatcher(family.lora_components(pipe)))
             self.loads += 1
             self._bases[key] = base
             while len(self._bases) > max(1, self.max_bases):

@@ -18,11 +18,14 @@ import numpy as np
 import torch
 
 from .cache import CACHE, LoadedBase
-from .errors import InputError, LoraError, RenderError
+from .errors import InputError, LoraError, QuantizationError, RenderError
+from .families import get_family
 from .lora import BoundLora, bind_lora
 from .lora.merge import MODES as LORA_MODES
-from .prompts import SampleRequest, prepare
+from .prompts import prepare
+from .quantize import QTYPES, resolve_qtype
 from .registry import floor_size, get_spec
+from .request import Render, SampleRequest
 from .sources import ModelRoots, resolve_base, resolve_lora
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -129,12 +132,41 @@ def bind(base: LoadedBase, path: str) -> BoundLora:
         return bound
 
 
+MATCH_TRAINING = "match training"
+NO_QUANTIZATION = "none"
+
+
+def quantization_choices() -> list[str]:
+    """The loader's `quantization` values: match training, none, and the qtypes the pack reproduces."""
+    return [MATCH_TRAINING, NO_QUANTIZATION, *QTYPES]
+
+
+def pick_quantization(spec, quantization: str | None) -> str | None:
+    """The ai-toolkit qtype to quantize with, or None. "match training" is the preset's (ai-toolkit writes no
+    quantization into a LoRA's metadata, so the preset is all that is known)."""
+    if quantization in (None, "", MATCH_TRAINING):
+        return spec.quant.preset
+    if quantization == NO_QUANTIZATION:
+        return None
+    if not spec.quant.components:
+        raise QuantizationError(f"{spec.label} is never quantized by ai-toolkit; choose quantization "
+                                f"\"{MATCH_TRAINING}\" or \"{NO_QUANTIZATION}\".")
+    try:
+        resolve_qtype(quantization)  # refuses qtypes the pack does not reproduce, and a missing optimum-quanto
+    except QuantizationError as exc:
+        raise QuantizationError(f"quantization {quantization!r}: {exc} Choose one of: "
+                                f"{', '.join(quantization_choices())}.") from None
+    return quantization
+
+
 def load(model: str, base: str = "default", dtype: str = "auto", device: str = "auto",
-         roots: ModelRoots | None = None) -> PipelineHandle:
+         roots: ModelRoots | None = None, quantization: str | None = MATCH_TRAINING) -> PipelineHandle:
+    """A handle on the cached base. `quantization`: "match training" (the preset's qtype), "none", or a qtype."""
     spec = get_spec(model)
     device = pick_device(device)
+    qtype = pick_quantization(spec, quantization)
     source = resolve_base(spec, base, roots or ModelRoots.from_env())
-    return PipelineHandle(CACHE.get(spec, source, pick_dtype(dtype, device), device))
+    return PipelineHandle(CACHE.get(spec, source, pick_dtype(dtype, device), device, qtype))
 
 
 def apply_lora(handle: PipelineHandle, name: str, strength: float = 1.0,
@@ -151,21 +183,22 @@ def _default_if_negative(value, default):
 
 def build_request(spec, prompt: str, negative_prompt: str = "", trigger_word: str | None = None, width: int = 0,
                   height: int = 0, seed: int = 42, steps: int = 0, guidance_scale: float = -1.0,
-                  guidance_rescale: float = 0.0) -> SampleRequest:
+                  guidance_rescale: float = 0.0, controls: tuple = ()) -> SampleRequest:
     """The node's values → the request ai-toolkit would render. 0 (size, steps) or a negative guidance means the
-    model's default; flags in the prompt then override; finally the size is floored as ai-toolkit does."""
+    model's default; flags in the prompt then override; finally the size is floored as ai-toolkit does.
+    `controls`: the control images (PIL RGB or None) in the order of the spec's control slots."""
     d = spec.defaults
     width, height, steps, seed = (check_int(label, v) for label, v in (("width", width or 0), ("height", height or 0),
                                                                        ("steps", steps or 0), ("seed", seed)))
     width, height = width or d.width, height or d.height
     for label, side in (("width", width), ("height", height)):
-        if side < spec.size_min or side > MAX_SIDE:
-            raise InputError(f"{label} {side} is outside {spec.size_min}..{MAX_SIDE} for {spec.id} "
+        if side < spec.size.minimum or side > MAX_SIDE:
+            raise InputError(f"{label} {side} is outside {spec.size.minimum}..{MAX_SIDE} for {spec.id} "
                              f"(0 means the model default, {d.width}x{d.height}).")
     request = SampleRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", width=int(width),
                             height=int(height), seed=int(seed), steps=int(steps or d.steps),
                             guidance_scale=_default_if_negative(guidance_scale, d.guidance_scale),
-                            guidance_rescale=guidance_rescale)
+                            guidance_rescale=guidance_rescale, controls=tuple(controls))
     request = prepare(request, trigger_word if trigger_word else None)
     request = replace(request, guidance_scale=check_number(
         "guidance_scale (--cfg/--l)", request.guidance_scale, 0.0, MAX_GUIDANCE,
@@ -179,9 +212,8 @@ def build_request(spec, prompt: str, negative_prompt: str = "", trigger_word: st
     if max(width, height) > MAX_SIDE:
         raise InputError(f"Size {width}x{height} (from the prompt's --w/--h) is larger than {MAX_SIDE}. Write "
                          f"--w/--h of at most {MAX_SIDE} (ai-toolkit floors them to a multiple of "
-                         f"{spec.size_divisor}), or remove the flags to use the node's width and height.")
-    cfg = spec.scheduler.config
-    max_steps = min(MAX_STEPS, int(cfg.get("num_train_timesteps", 1000)) - int(cfg.get("steps_offset", 0)))
+                         f"{spec.size.divisor}), or remove the flags to use the node's width and height.")
+    max_steps = min(MAX_STEPS, spec.scheduler.max_steps)
     if not 1 <= request.steps <= max_steps:
         raise InputError(f"steps must be 1..{max_steps} for {spec.id}, got {request.steps} "
                          "(0 means the model default).")
@@ -198,29 +230,34 @@ def _live(handle: PipelineHandle) -> tuple:
     base = handle.base
     if not base.released:
         return base, [(link.bound, link.strength) for link in handle.loras]
-    base = CACHE.get(base.spec, base.source, base.dtype, base.device)
+    base = CACHE.get(base.spec, base.source, base.dtype, base.device, base.quantization)
     # a bound LoRA names its targets by component and module path, and holds its own tensors: it applies to the
     # reloaded base as it is, with the content it was applied with (the file may have changed since)
     return base, [(link.bound, link.strength) for link in handle.loras]
 
 
 def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None = None, on_step=None,
-           lora_mode: str = "merge") -> np.ndarray:
+           lora_mode: str = "merge") -> Render:
     """Render one request with the handle's LoRA chain applied (`lora_mode` "merge", ai-toolkit's default, or
-    "branch": its unmerged fp32 path for sample events with mixed multipliers); returns uint8 [B, H, W, 3].
+    "branch": its unmerged fp32 path for sample events with mixed multipliers; a quantized base always runs the
+    LoRA as that branch). Returns a `Render` (uint8 frames [T, H, W, 3], fps, audio).
 
     Never returns a black image for a broken render: non-finite latents (checked after every step) or pixels
     raise a RenderError that says where it broke and the likely cause."""
     if lora_mode not in LORA_MODES:
         raise InputError(f"Unknown lora_mode {lora_mode!r}; choose one of: {', '.join(LORA_MODES)}.")
+    get_family(handle.spec).check_request(handle.spec, request)
     base, chain = _live(handle)
     multiplier = request.network_multiplier
     stack = [(bound, strength if multiplier is None else multiplier) for bound, strength in chain]
     with base.lock:
         base.patcher.set_stack(stack, lora_mode)
-        pixels = base.family.generate(base.spec, base.pipe, request, sampler=sampler,
-                                      on_step=_finite_steps(stack, base.dtype, on_step))
-    return to_uint8(pixels, stack, base.dtype)
+        out = base.family.generate(base.spec, base.pipe, request, sampler=sampler,
+                                   on_step=_finite_steps(stack, base.dtype, on_step))
+    if not isinstance(out, Render):
+        out = Render(frames=out)
+    notes = (f"quantized base: {base.quantization} (LoRA as an fp32 branch)",) if base.quantization else ()
+    return replace(out, frames=to_uint8(out.frames, stack, base.dtype), notes=out.notes + notes)
 
 
 def _likely_cause(stack, dtype) -> str:
@@ -257,6 +294,6 @@ def to_uint8(pixels, stack=(), dtype=None) -> np.ndarray:
 
 
 def generate(handle: PipelineHandle, prompt: str, **values) -> np.ndarray:
-    """`build_request` + `render` in one call (the CLI and simple scripts)."""
+    """`build_request` + `render` in one call (the CLI and simple scripts); returns the uint8 frames."""
     options = {k: values.pop(k) for k in ("sampler", "on_step", "lora_mode") if k in values}
-    return render(handle, build_request(handle.spec, prompt, **values), **options)
+    return render(handle, build_request(handle.spec, prompt, **values), **options).frames

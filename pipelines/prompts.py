@@ -7,9 +7,12 @@ gets the parsed prompt and the sample's own negative), so they have no effect.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from .errors import InputError
+from .request import SampleRequest
+
+__all__ = ["SampleRequest", "apply_flags", "inject_trigger", "prepare"]
 
 TRIGGER_TOKENS = ("[name]", "[trigger]")
 
@@ -21,31 +24,6 @@ _FLOAT_FLAGS = {"l": "guidance_scale", "cfg": "guidance_scale", "m": "network_mu
 _TEXT_FLAGS = {"n": "negative_prompt", "p2": "ignored_prompt_2", "n2": "ignored_negative_prompt_2",
                "ctrl_img": "ctrl_img"}
 _LIST_FLAGS = {"ev": "extra_values", "extra_values": "extra_values"}
-
-
-@dataclass(frozen=True)
-class SampleRequest:
-    """One preview to render: the node's values, before and after the prompt's flags are applied."""
-    prompt: str
-    negative_prompt: str = ""
-    width: int = 512
-    height: int = 512
-    seed: int = 42
-    steps: int = 30
-    guidance_scale: float = 6.0
-    guidance_rescale: float = 0.0
-    network_multiplier: float | None = None  # None: the strengths of the LoRA chain as given
-    negative_prompt_2: str | None = None      # second SDXL encoder's negative (ai-toolkit: the sample's own `neg`)
-    num_frames: int = 1
-    fps: int = 16
-    ctrl_img: str | None = None
-    ctrl_idx: int = 0
-    adapter_conditioning_scale: float = 1.0
-    refiner_start_at: float = 0.5
-    extra_values: tuple[float, ...] = ()
-    ignored_prompt_2: str | None = None
-    ignored_negative_prompt_2: str | None = None
-    flags: tuple[str, ...] = field(default_factory=tuple)  # flags found in the prompt, in order
 
 
 def inject_trigger(prompt: str, trigger_word: str | None) -> str:

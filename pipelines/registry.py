@@ -7,11 +7,13 @@ Everything about one model is found here plus its family module (`pipelines/fami
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
 from .errors import UnknownModelError
+from .spec import (ControlSlot, GuidanceSpec, LatentPreview, LoraLayout, MediaSpec, QuantSpec, SampleDefaults,
+                   SchedulerSpec, SizeRule)
 
 AITK_COMMIT = "27a03a91"
 AITK_VERSION = "0.12.26"
@@ -35,61 +37,31 @@ AITK_SD_SCHEDULER_CONFIG = MappingProxyType({
 
 
 @dataclass(frozen=True)
-class SampleDefaults:
-    """ai-toolkit's own sample defaults for the model's UI preset (what "model default" means in the nodes)."""
-    steps: int
-    guidance_scale: float
-    width: int
-    height: int
-
-
-@dataclass(frozen=True)
-class SchedulerSpec:
-    """The sampler ai-toolkit previews this model with, and the scheduler config its pipeline ends up using.
-
-    `config` is the *effective* config: e.g. Diffusers' StableDiffusionPipeline constructor rewrites ai-toolkit's
-    `steps_offset: 0` to 1, so SD1.5 previews really sample with 1 while SDXL keeps 0."""
-    default_sampler: str
-    config: Mapping[str, object]
-    arch: str = "sd"
-
-
-@dataclass(frozen=True)
-class LoraLayout:
-    """How ai-toolkit names this model's LoRA keys.
-
-    `kohya_prefixes` maps a kohya key prefix (`lora_unet`, `lora_te1` …) to the pipeline component it targets;
-    `peft_prefixes` does the same for peft/Diffusers keys (`unet.`, `text_encoder.` …). `sgm_unet` says the UNet
-    may also be named with original SGM/LDM module names (SDXL files of 2023-09 … 2024-07)."""
-    kohya_prefixes: Mapping[str, str]
-    peft_prefixes: Mapping[str, str]
-    sgm_unet: bool = False
-
-
-@dataclass(frozen=True)
 class ModelSpec:
+    """Everything that decides one model's preview, in typed parts (`spec.py`). `family` names the module under
+    `pipelines/families/`; `variant` picks one of its `VARIANTS` (a Family subclass); `options` is that family's own
+    options dataclass (what only it needs)."""
     id: str
     label: str
-    family: str                      # module name under pipelines/families/
+    family: str
     base_repo: str                   # Hugging Face repo id of the base ai-toolkit's UI preset trains on
-    pipeline_class: str              # Diffusers pipeline class name
+    pipeline_class: str              # Diffusers pipeline class name (a base folder's model_index.json must match)
     defaults: SampleDefaults
     scheduler: SchedulerSpec
     lora: LoraLayout
-    size_divisor: int = 8
-    size_min: int = 64
-    vae_scale_factor: int = 8
-    guidance: str = "cfg"            # "cfg": classic classifier-free guidance, active when > 1
-    guidance_rescale: bool = False   # whether the pipeline honours ai-toolkit's guidance_rescale (`--gr`)
-    negative: str = "encoded"        # "encoded": the negative (also "") is text-encoded, never zeros
-    control_image: str | None = None  # None: no control image; otherwise what the model needs it for
+    variant: str = ""
+    size: SizeRule = SizeRule()
+    guidance: GuidanceSpec = GuidanceSpec()
+    media: MediaSpec = MediaSpec()
+    controls: tuple[ControlSlot, ...] = ()
+    quant: QuantSpec = QuantSpec()
     base_versions: tuple[str, ...] = ()  # `ss_base_model_version` values ai-toolkit writes for this model
     single_file_config: str | None = None  # folder under pipelines/configs/ for single-file checkpoints
     checkpoint_marker: str | None = None   # a key prefix only this model's single-file checkpoints have
-    latent_rgb_factors: tuple[tuple[float, float, float], ...] = ()
-    latent_rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    preview: LatentPreview = LatentPreview()
+    options: object = None
+    workflow: str = ""               # the example workflow's file name under example_workflows/ (without .json)
     notes: str = ""
-    extra: Mapping[str, object] = field(default_factory=dict)
 
 
 def _sd_scheduler(steps_offset: int) -> SchedulerSpec:
@@ -118,7 +90,8 @@ _SPECS = (
         base_versions=("sd_1.5", "sd_v1", "sd1"),
         single_file_config="sd15",
         checkpoint_marker="cond_stage_model.transformer.",
-        latent_rgb_factors=_SD15_RGB,
+        preview=LatentPreview(_SD15_RGB),
+        workflow="SD1.5 LoRA",
         notes="ai-toolkit SD 1.5 preset: ddpm, guidance 6, 512x512; steps_offset 1 (pipeline constructor rewrite)",
     ),
     ModelSpec(
@@ -127,6 +100,7 @@ _SPECS = (
         family="sd",
         base_repo="stabilityai/stable-diffusion-xl-base-1.0",
         pipeline_class="StableDiffusionXLPipeline",
+        variant="xl",
         defaults=SampleDefaults(steps=30, guidance_scale=6.0, width=1024, height=1024),
         scheduler=_sd_scheduler(steps_offset=0),
         lora=LoraLayout(
@@ -134,14 +108,13 @@ _SPECS = (
                                              "lora_te2": "text_encoder_2"}),
             peft_prefixes=MappingProxyType({"unet": "unet", "text_encoder": "text_encoder",
                                             "text_encoder_2": "text_encoder_2"}),
-            sgm_unet=True,
         ),
-        guidance_rescale=True,
+        guidance=GuidanceSpec("cfg", rescale=True),
         base_versions=("sdxl_1.0", "sdxl", "sdxl_base_v1-0"),
         single_file_config="sdxl",
         checkpoint_marker="conditioner.embedders.1.",
-        latent_rgb_factors=_SDXL_RGB,
-        latent_rgb_bias=(-0.1, -0.1, -0.1),
+        preview=LatentPreview(_SDXL_RGB, (-0.1, -0.1, -0.1)),
+        workflow="SDXL LoRA",
         notes="ai-toolkit SDXL preset: ddpm, guidance 6, 1024x1024; steps_offset 0; no watermark",
     ),
 )
@@ -163,6 +136,5 @@ def get_spec(model_id: str) -> ModelSpec:
 
 
 def floor_size(spec: ModelSpec, width: int, height: int) -> tuple[int, int]:
-    """Floor a requested size to the model's divisor with its minimum, as ai-toolkit's GenerateImageConfig does."""
-    d, lo = spec.size_divisor, spec.size_min
-    return max(lo, width - width % d), max(lo, height - height % d)
+    """The size ai-toolkit renders for a requested one (`SizeRule.floor`)."""
+    return spec.size.floor(width, height)

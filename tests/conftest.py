@@ -44,7 +44,7 @@ def pytest_configure(config):
 
 
 pack = import_pack()
-from aitk_pack.pipelines import tiny  # noqa: E402
+from tests.fixtures import tiny_sd as tiny  # noqa: E402
 from tests.fixtures.single_file import pipeline_to_single_file  # noqa: E402
 
 TRIGGER = "ohwx"

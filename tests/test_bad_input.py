@@ -118,7 +118,7 @@ def _edit_header(edit):
 
 def _edit_tensors(edit, keep_metadata=True):
     def build(good, tensors, model):
-        from aitk_pack.pipelines import tiny
+        from tests.fixtures import tiny_sd as tiny
 
         tensors = {k: v.clone() for k, v in tensors.items()}
         edit(tensors)

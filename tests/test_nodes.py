@@ -74,9 +74,7 @@ def test_repo_scheduler_does_not_leak(models_dir):
         json.dump(saved, f)
     load, _, sample = (pack.NODE_CLASS_MAPPINGS[n]() for n in CONTRACT)
     (h,) = load.load(model="sd15", base="tiny-sd15", dtype="fp32", device="cpu")
-    from aitk_pack.pipelines.families.sd import _sampling_pipeline
-
-    assert type(_sampling_pipeline(h.spec, h.base.pipe, None).scheduler).__name__ == "DDPMScheduler"
+    assert type(h.base.family._sampling_pipeline(h.spec, h.base.pipe, None).scheduler).__name__ == "DDPMScheduler"
 
 
 def test_progress_callback_outside_comfyui_is_none():

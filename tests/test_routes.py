@@ -43,7 +43,7 @@ def test_registry_payload_matches_the_registry():
         assert entry["label"] == spec.label
         assert entry["defaults"] == {"steps": spec.defaults.steps, "guidance_scale": spec.defaults.guidance_scale,
                                      "width": spec.defaults.width, "height": spec.defaults.height}
-        assert (entry["size_divisor"], entry["size_min"]) == (spec.size_divisor, spec.size_min)
+        assert (entry["size_divisor"], entry["size_min"]) == (spec.size.divisor, spec.size.minimum)
         assert entry["base_versions"] == list(spec.base_versions)
     assert payload["sdxl"]["defaults"] == {"steps": 30, "guidance_scale": 6.0, "width": 1024, "height": 1024}
     assert payload["sd15"]["defaults"]["width"] == 512

@@ -85,9 +85,9 @@ def test_shipped_single_file_configs_describe_the_real_models(model, counts):
 
 
 def test_shipped_clip_tokenizer_is_the_real_one():
-    from aitk_pack.pipelines.families.sd import _shipped_tokenizers
+    from aitk_pack.pipelines.families import get_family
 
-    toks = _shipped_tokenizers(get_spec("sdxl"), os.path.join(CONFIG_ROOT, "sdxl"))
+    toks = get_family(get_spec("sdxl"))._shipped_tokenizers(os.path.join(CONFIG_ROOT, "sdxl"))
     ids = toks["tokenizer"]("a photo of a cat").input_ids
     assert ids == [49406, 320, 1125, 539, 320, 2368, 49407]  # CLIP ViT-L/14's ids for this text
     assert toks["tokenizer_2"].pad_token == "!" and toks["tokenizer"].pad_token == "<|endoftext|>"

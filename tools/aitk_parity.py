@@ -43,6 +43,7 @@ from collections import OrderedDict
 from unittest.mock import MagicMock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # tests.fixtures (the tiny models)
 PACK = "aitk_pack"
 STUBBED = ("torchvision", "torchaudio", "av", "cv2", "albumentations", "albucore", "mutagen", "torchcodec",
            "librosa")
@@ -326,7 +327,7 @@ def main(argv=None):
 
     torch.set_num_threads(2)
     pack = _import_pack()
-    from aitk_pack.pipelines import tiny
+    from tests.fixtures import tiny_sd as tiny
 
     tk = import_ai_toolkit(args.aitk, args.deps)
     root = os.path.abspath(args.out) if args.out else tempfile.mkdtemp(prefix="aitk_parity_")

@@ -1,16 +1,18 @@
-"""One module per model family. A family module provides:
+"""One module per model family; each exports `VARIANTS = {variant: Family subclass}` (see `base.py`).
 
-- `load_pipeline(spec, source, dtype, device)` → a Diffusers pipeline with every component in `dtype` on `device`;
-- `lora_components(pipe)` → {component name: nn.Module} the LoRA engine may patch;
-- `generate(spec, pipe, request, sampler=None, on_step=None)` → the pipeline's float pixels [B, H, W, 3] in 0..1
-  (its `output_type="np"`); the engine checks them and rounds them to 8 bits as the pipeline's PIL output does.
-
-Families are found by the registry's `family` name, so adding one needs no change here.
+Families are found by the registry's `family` and `variant` names, so adding one needs no change here.
 """
 from __future__ import annotations
 
 import importlib
+from functools import lru_cache
 
 
-def get_family(name: str):
-    return importlib.import_module(f".{name}", __name__)
+@lru_cache(maxsize=None)
+def _family(module: str, variant: str):
+    return importlib.import_module(f".{module}", __name__).VARIANTS[variant]()
+
+
+def get_family(spec):
+    """The Family object of a registry entry."""
+    return _family(spec.family, spec.variant)

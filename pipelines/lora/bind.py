@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from ..errors import LoraError
 from .files import LoraInfo, info_from, read_lora
-from .keymap import build_index
 from .parse import LoraModule, parse_tensors
 
 # ai-toolkit / kohya `ss_base_model_version` values -> a family name for messages.
@@ -39,9 +38,12 @@ KEY_HINTS = (
 
 @dataclass
 class Target:
+    """One file module applied to one layer: all of its delta, or a slice (see `aliases.Alias`)."""
     component: str
     path: str
     module: LoraModule
+    rows: slice | None = None
+    into: slice | None = None
 
 
 @dataclass
@@ -168,8 +170,32 @@ def _no_match_cause(report, parsed, tensors) -> str:
     return "none of its layer names exist in this model"
 
 
-def bind_lora(path: str, spec, components: dict) -> BoundLora:
-    """Read `path` and match it against the live `components` of a `spec` pipeline. Touches no weights."""
+def _sliced_shape(shape, rows: slice | None):
+    if shape is None or rows is None:
+        return shape
+    return (len(range(*rows.indices(shape[0]))),) + tuple(shape[1:])
+
+
+def _fits(components, alias, mod) -> bool:
+    weight = components[alias.component].get_submodule(alias.path).weight
+    want = _sliced_shape(mod.expected_shape(), alias.rows)
+    have = tuple(weight.shape) if alias.into is None else _sliced_shape(tuple(weight.shape), alias.into)
+    return want is None or tuple(have) == tuple(want)
+
+
+def _rows_cover(aliases, mod) -> bool:
+    """A fused file module split by rows must hand out exactly all of its rows."""
+    split = [a.rows for a in aliases if a.rows is not None]
+    shape = mod.expected_shape()
+    if not split or shape is None:
+        return True
+    return sum(len(range(*r.indices(shape[0]))) for r in split) == shape[0]
+
+
+def bind_lora(path: str, spec, components: dict, index: dict | None = None) -> BoundLora:
+    """Read `path` and match it against the live `components` of a `spec` pipeline. Touches no weights.
+
+    `index` (file module name → aliases) defaults to the family's (`Family.lora_index`)."""
     name = os.path.basename(path)
     snapshot = read_lora(path)  # one read: header, metadata and tensors agree, in memory of their own
     info = info_from(name, snapshot.entries, snapshot.metadata)
@@ -181,7 +207,10 @@ def bind_lora(path: str, spec, components: dict) -> BoundLora:
     tensors = snapshot.tensors
     parsed = parse_tensors(tensors)
     _check_tensors(name, parsed)
-    index = build_index(components, spec.lora)
+    if index is None:
+        from ..families import get_family
+
+        index = get_family(spec).lora_index(spec, components)
     report = MatchReport(file=name, total_keys=len(tensors), leftovers=list(parsed.leftovers))
     targets = []
     for mod_name, mod in parsed.modules.items():
@@ -189,19 +218,18 @@ def bind_lora(path: str, spec, components: dict) -> BoundLora:
         if kind in ("unsupported", "incomplete"):
             report.unsupported.append((mod_name, mod.unsupported_reason))
             continue
-        hit = index.get(mod_name)
-        if hit is None:
+        aliases = index.get(mod_name)
+        if aliases is None:
             report.unmatched.append(mod_name)
             continue
-        comp, mpath = hit
-        weight = components[comp].get_submodule(mpath).weight
-        if mod.expected_shape() is not None and tuple(weight.shape) != tuple(mod.expected_shape()):
+        if not all(_fits(components, alias, mod) for alias in aliases) or not _rows_cover(aliases, mod):
             report.shape_mismatch.append(mod_name)
             continue
+        comp = aliases[0].component
         report.applied[comp] = report.applied.get(comp, 0) + 1
         report.applied_keys += len(mod.keys)
         report.zero_modules += int(mod.is_zero())
-        targets.append(Target(comp, mpath, mod))
+        targets.extend(Target(a.component, a.path, mod, a.rows, a.into) for a in aliases)
     if not targets:
         raise LoraError(f"No key of {name} applies to {spec.label} ({len(tensors)} keys): "
                         f"{_no_match_cause(report, parsed, tensors)}. Use a LoRA trained for this model, or load "

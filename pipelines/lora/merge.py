@@ -108,34 +108,46 @@ class WeightPatcher:
             for target in bound.targets:
                 if target.module.is_zero():
                     continue  # ai-toolkit skips all-zero modules: the weight is not rewritten at all
-                grouped.setdefault((target.component, target.path), []).append((target.module, float(multiplier)))
+                grouped.setdefault((target.component, target.path), []).append((target, float(multiplier)))
         with torch.no_grad(), _exact_matmul():
             for (comp, path), entries in grouped.items():
                 module = self.components[comp].get_submodule(path)
-                branched = [(m, mult) for m, mult in entries if m.kind in branched_kinds]
+                branched = [(t, mult) for t, mult in entries if t.module.kind in branched_kinds]
                 if branched:
                     self._add_branches(module, branched)
-                entries = [(m, mult) for m, mult in entries if m.kind not in branched_kinds]
+                entries = [(t, mult) for t, mult in entries if t.module.kind not in branched_kinds]
                 if not entries:
                     continue
                 if is_quantized(module):
-                    lora_module = entries[0][0]
+                    lora_module = entries[0][0].module
                     raise LoraError(f"{lora_module.name} ({lora_module.kind}) cannot be merged into {comp}.{path}: "
                                     "that layer is quantized. Full-weight deltas are not supported on quantized "
                                     "bases; load the base without quantization.")
                 self._merge_param(comp, path, module, "weight", entries, lambda m, mult, dev: m.weight_term(mult, dev))
-                if any("diff_b" in m.tensors for m, _ in entries) and getattr(module, "bias", None) is not None:
+                if any("diff_b" in t.module.tensors for t, _ in entries) and getattr(module, "bias", None) is not None:
                     self._merge_param(comp, path, module, "bias", entries, lambda m, mult, dev: m.bias_term(mult, dev))
 
     def _add_branches(self, module, entries) -> None:
-        """Wrap the module's forward as ai-toolkit's `apply_to` does (an instance `forward`, removed on restore)."""
-        terms = [m.branch(module, mult) for m, mult in entries]
+        """Wrap the module's forward as ai-toolkit's `apply_to` does (an instance `forward`, removed on restore).
+        A sliced target adds its rows of the branch output (the full product is computed, then sliced, as the
+        fused layer would compute it) into its rows of the output."""
+        terms = [(t.module.branch(module, mult), t.rows, t.into) for t, mult in entries]
         original = module.forward
+        channel_dim = 1 if isinstance(module, torch.nn.Conv2d) or getattr(module, "weight", None) is not None and \
+            module.weight.ndim == 4 else -1
 
         def forward(x, *args, **kwargs):
             output = original(x, *args, **kwargs)
-            for term in terms:
-                output = output + term(x, output.dtype)
+            for term, rows, into in terms:
+                add = term(x, output.dtype)
+                if rows is not None:
+                    add = add.narrow(channel_dim, rows.start, rows.stop - rows.start)
+                if into is None:
+                    output = output + add
+                else:
+                    output = output.clone()
+                    part = output.narrow(channel_dim, into.start, into.stop - into.start)
+                    part.copy_(part + add)
             return output
         module.forward = forward
         self.branches.append(_Unpatch(module))
@@ -146,8 +158,15 @@ class WeightPatcher:
         if key not in self.pristine:
             self.pristine[key] = param.detach().to("cpu", copy=True)
         acc = param.detach().float()
-        for lora_module, multiplier in entries:
-            add = term(lora_module, multiplier, param.device)
-            if add is not None:
+        for target, multiplier in entries:
+            add = term(target.module, multiplier, param.device)
+            if add is None:
+                continue
+            if target.rows is not None:
+                add = add[target.rows]
+            if target.into is None:
                 acc = acc + add
+            else:
+                acc = acc.clone()
+                acc[target.into] = acc[target.into] + add
         param.data.copy_(acc.to(param.dtype))

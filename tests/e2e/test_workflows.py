@@ -32,7 +32,8 @@ from comfy_harness import ComfyBrowser, ComfyServer, PromptError, browser_availa
 from comfy_ws import WsListener, finished
 from PIL import Image
 
-from aitk_pack.pipelines import engine, tiny
+from aitk_pack.pipelines import engine
+from tests.fixtures import tiny_sd as tiny
 from aitk_pack.pipelines.cache import CACHE
 from aitk_pack.pipelines.registry import REGISTRY, model_ids
 from aitk_pack.pipelines.sources import ModelRoots

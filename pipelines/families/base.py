@@ -1,0 +1,65 @@
+"""The `Family` interface: what a model family module provides to the generic library (engine, LoRA engine, cache).
+
+A family module (`pipelines/families/<name>.py`) defines one `Family` subclass per variant and exports them as
+`VARIANTS = {variant name: class}`; a registry entry picks one with `family` + `variant` (after ComfyUI's
+`comfy/supported_models.py`: data in the entry, small hooks here, variants as subclasses). Generic code never asks
+which family it holds.
+"""
+from __future__ import annotations
+
+from ..errors import ControlImageError
+from ..lora.aliases import Alias, prefixed_index
+from ..samplers import make_scheduler
+
+
+class Family:
+    """Defaults fit a Diffusers pipeline whose LoRA targets are named by their module paths."""
+
+    #: component names the LoRA engine may patch, in the order reports list them
+    lora_component_names: tuple[str, ...] = ()
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    def load(self, spec, source, dtype, device, quantization: str | None = None):
+        """A pipeline with every component complete, in `dtype` on `device`, frozen; quantized with the ai-toolkit
+        qtype `quantization` (None: unquantized)."""
+        raise NotImplementedError
+
+    def lora_components(self, pipe) -> dict:
+        return {n: getattr(pipe, n) for n in self.lora_component_names if getattr(pipe, n, None) is not None}
+
+    # ---- LoRA names ----------------------------------------------------------------------------------------
+    def module_names(self, spec, component: str, module) -> dict[str, tuple[Alias, ...]]:
+        """Names a LoRA file may give this component's layers (without the file's prefix) → where each applies.
+        Default: every module with a weight, by its own path."""
+        from ..lora.aliases import weighted_paths
+
+        return {path: (Alias(component, path),) for path in weighted_paths(module)}
+
+    def lora_index(self, spec, components: dict) -> dict[str, tuple[Alias, ...]]:
+        """Full file module name (with kohya or peft prefix) → the targets it patches."""
+        names = {comp: self.module_names(spec, comp, module) for comp, module in components.items()}
+        return prefixed_index(names, spec.lora)
+
+    # ---- sampling ------------------------------------------------------------------------------------------
+    def scheduler(self, spec, sampler: str | None = None):
+        return make_scheduler(spec, sampler)
+
+    def check_request(self, spec, request) -> None:
+        """Refuse a request the model cannot render (a required control image missing …) before anything runs."""
+        for index, slot in enumerate(spec.controls):
+            given = index < len(request.controls) and request.controls[index] is not None
+            if slot.required and not given:
+                raise ControlImageError(f"{spec.label} needs a control image: connect an IMAGE to {slot.name} "
+                                        f"({slot.purpose}).")
+
+    def generate(self, spec, pipe, request, sampler=None, on_step=None):
+        """Render one request; returns float pixels [T, H, W, 3] in 0..1 (the pipeline's `output_type="np"`), or a
+        `request.Render` whose frames are such pixels (video models add fps and audio). `on_step(step, total,
+        latents)` runs after each step; the engine checks the latents and rounds the pixels to 8 bits."""
+        raise NotImplementedError
+
+    def preview_latents(self, spec, latents, request):
+        """The latents of the first image as [C, h, w] for the live preview, or None."""
+        if latents is None or latents.ndim != 4:
+            return None
+        return latents[0]

@@ -1,0 +1,127 @@
+"""The typed parts of a registry entry: each holds one kind of fact about how ai-toolkit previews a model.
+
+A `ModelSpec` (in `registry.py`) is assembled from these; generic code reads only these parts, never a model id or a
+family name, so a family is added by data plus its family module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+GUIDANCE_KINDS = ("cfg", "true_cfg", "embedded", "none")
+
+
+@dataclass(frozen=True)
+class SampleDefaults:
+    """ai-toolkit's own sample defaults for the model's UI preset (what "model default" means in the nodes)."""
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """How ai-toolkit turns a requested size into the rendered one.
+
+    `GenerateImageConfig` floors to `divisor` with `minimum` (`max(minimum, x - x % divisor)`); some pipelines then
+    floor again to `pipeline_divisor` (FLUX: `2 * (x // 16)`), so the image really comes out at that size."""
+    divisor: int = 8
+    minimum: int = 64
+    pipeline_divisor: int = 0
+
+    def floor(self, width: int, height: int) -> tuple[int, int]:
+        sides = [max(self.minimum, side - side % self.divisor) for side in (width, height)]
+        if self.pipeline_divisor:
+            sides = [side - side % self.pipeline_divisor for side in sides]
+        return sides[0], sides[1]
+
+
+@dataclass(frozen=True)
+class GuidanceSpec:
+    """What the config's `guidance_scale` means for this model.
+
+    kind: "cfg" (classic CFG with the encoded negative, active above `threshold`), "true_cfg" (the same with a
+    separately encoded negative pass; FLUX-style pipelines), "embedded" (a distilled guidance embedding: one pass, no
+    negative), "none". `rescale`: the pipeline honours ai-toolkit's `guidance_rescale` (`--gr`).
+    `offset`/`floor`: the value the pipeline receives is `max(floor, g + offset)` (Z-Image: `max(0, g - 1)`)."""
+    kind: str = "cfg"
+    threshold: float = 1.0
+    rescale: bool = False
+    offset: float = 0.0
+    floor: float | None = None
+
+    def __post_init__(self):
+        if self.kind not in GUIDANCE_KINDS:
+            raise ValueError(f"guidance kind {self.kind!r} is not one of {GUIDANCE_KINDS}")
+
+    @property
+    def uses_negative(self) -> bool:
+        return self.kind in ("cfg", "true_cfg")
+
+    def pipeline_value(self, guidance: float) -> float:
+        value = guidance + self.offset
+        return value if self.floor is None else max(self.floor, value)
+
+
+@dataclass(frozen=True)
+class MediaSpec:
+    """What the model renders: "image", "video" or "video+audio"; video frame counts are `frame_step * k + 1`."""
+    kind: str = "image"
+    frame_step: int = 0
+    default_frames: int = 1
+    fps: int = 0
+
+
+@dataclass(frozen=True)
+class ControlSlot:
+    """One control/reference image input: its node input name (CONTRACT.md), whether the model needs it, and what
+    the model does with it (for tooltips and errors)."""
+    name: str
+    required: bool
+    purpose: str
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How ai-toolkit quantizes this model when training with `quantize: true`.
+
+    `preset`: the qtype the UI preset trains with (None: the preset is unquantized), which "match training" uses.
+    `components`: the components quantized, in order (ai-toolkit: the transformer, then the text encoder
+    `quantize_te`). `rules`: per component, the `quantize.QuantizeRule` (absent = every module, no exclusions)."""
+    preset: str | None = None
+    components: tuple[str, ...] = ()
+    rules: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """The sampler ai-toolkit previews this model with, and the scheduler config its pipeline ends up using.
+
+    `config` is the *effective* config: e.g. Diffusers' StableDiffusionPipeline constructor rewrites ai-toolkit's
+    `steps_offset: 0` to 1, so SD1.5 previews really sample with 1 while SDXL keeps 0. `arch` selects the sampler
+    table in `samplers.py` that user overrides are taken from."""
+    default_sampler: str
+    config: Mapping[str, object]
+    arch: str = "sd"
+
+    @property
+    def max_steps(self) -> int:
+        """The most steps the scheduler can take (DDPM-style tables run out at num_train_timesteps - offset)."""
+        return int(self.config.get("num_train_timesteps", 1000)) - int(self.config.get("steps_offset", 0))
+
+
+@dataclass(frozen=True)
+class LoraLayout:
+    """The key prefixes of ai-toolkit's LoRA files for this model: kohya prefix (`lora_unet`, `lora_te1` …) or peft
+    prefix (`unet`, `transformer`, `diffusion_model` …) → the pipeline component it targets. Module names below the
+    prefix are the family's business (its alias provider)."""
+    kohya_prefixes: Mapping[str, str] = field(default_factory=dict)
+    peft_prefixes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LatentPreview:
+    """ComfyUI-style linear latent → RGB factors for live previews (no VAE decode)."""
+    rgb_factors: tuple[tuple[float, ...], ...] = ()
+    rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
