@@ -206,18 +206,16 @@ def _control_tooltip(index: int) -> str:
 
 
 def _controls(spec, images: dict) -> tuple:
-    """The connected IMAGE inputs → PIL images in the spec's slot order; a connected image the model has no slot
-    for is refused, so it is never silently ignored."""
+    """The connected IMAGE inputs → PIL images in the spec's slot order. A connected image the model has no slot
+    for is ignored with a warning in the log, as ai-toolkit ignores a `ctrl_img` such a model does not read."""
     unknown = sorted(set(images) - set(CONTROL_INPUTS))
     if unknown:
         raise InputError(f"AIToolkitSample has no input {unknown[0]!r}.")
     slots: tuple[ControlSlot, ...] = spec.controls
     names = {slot.name for slot in slots}
-    extra = [name for name, image in images.items() if image is not None and name not in names]
-    if extra:
-        takes = (", ".join(sorted(names)) if names else "no control image")
-        raise InputError(f"{spec.label} takes {takes}; disconnect the image from {extra[0]} (it would be "
-                         "ignored, and the preview would not be what you expect).")
+    for name in sorted(n for n, image in images.items() if image is not None and n not in names):
+        log.warning("[AI Toolkit] %s takes no %s; the connected image is ignored (as ai-toolkit ignores it).",
+                    spec.id, name)
     return tuple(comfy_to_pil(images.get(slot.name)) for slot in slots)
 
 

@@ -31,11 +31,9 @@ def _scheduler_class():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     class AitkFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
-        """`FlowMatchEulerDiscreteScheduler` as ai-toolkit constructs its custom subclass for sampling."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.init_noise_sigma = 1.0
+        """`FlowMatchEulerDiscreteScheduler` as ai-toolkit constructs its custom subclass for sampling (no
+        inference method overridden; `init_noise_sigma` 1.0). The constructor is the parent's, so its config
+        signature stays visible to `from_config`."""
 
     return AitkFlowMatchEulerScheduler
 
@@ -47,7 +45,9 @@ def flowmatch_scheduler(config):
     global _CLASS
     if _CLASS is None:
         _CLASS = _scheduler_class()
-    return _CLASS.from_config(dict(config))
+    scheduler = _CLASS.from_config(dict(config))
+    scheduler.init_noise_sigma = 1.0
+    return scheduler
 
 
 def mu_for(config, image_seq_len: int) -> float:

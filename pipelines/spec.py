@@ -30,11 +30,16 @@ class SizeRule:
     minimum: int = 64
     pipeline_divisor: int = 0
 
+    def config_floor(self, width: int, height: int) -> tuple[int, int]:
+        """The size `GenerateImageConfig` holds (what the family receives in the request)."""
+        return max(self.minimum, width - width % self.divisor), max(self.minimum, height - height % self.divisor)
+
     def floor(self, width: int, height: int) -> tuple[int, int]:
-        sides = [max(self.minimum, side - side % self.divisor) for side in (width, height)]
+        """The size of the rendered image."""
+        sides = self.config_floor(width, height)
         if self.pipeline_divisor:
-            sides = [side - side % self.pipeline_divisor for side in sides]
-        return sides[0], sides[1]
+            return tuple(side - side % self.pipeline_divisor for side in sides)
+        return sides
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ KNOWN_BASE_VERSIONS = {
     "sdxl_base_v1-0": "SDXL", "ssd": "SSD-1B", "vega": "Vega", "flux.1": "FLUX.1", "flex.1": "Flex.1",
     "lumina2": "Lumina2", "sd_3": "SD3", "pixart": "PixArt", "auraflow": "AuraFlow", "qwen_image": "Qwen-Image",
     "zimage": "Z-Image", "wan_2.1": "Wan 2.1", "wan_2.2_14b": "Wan 2.2", "wan_2.2_5b": "Wan 2.2 5B",
-    "chroma": "Chroma", "hidream_i1": "HiDream", "flux2": "FLUX.2", "omnigen2": "OmniGen2", "ltx2": "LTX-2",
+    "chroma": "Chroma", "flux.1_kontext": "FLUX.1-Kontext", "flex2": "Flex.2", "hidream_i1": "HiDream", "flux2": "FLUX.2", "omnigen2": "OmniGen2", "ltx2": "LTX-2",
 }
 # Below this fraction of a file's modules applying (the rest matching no layer by name or by shape), the file is
 # refused as made for another model. An ai-toolkit file applies 100 % on its own base; the measured figures for
