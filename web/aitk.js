@@ -1,16 +1,21 @@
 /**
  * AI Toolkit Inference: the pack's web extension (loaded by ComfyUI from WEB_DIRECTORY; no build step, no
- * dependencies). It owns what the three nodes show in the browser:
+ * dependencies). It owns what the nodes show in the browser:
  *
  *  - AIToolkitSample: a read-only text block with the effective settings for the model its `pipeline` comes from
- *    (traced back through ApplyAIToolkitLoRA nodes to LoadAIToolkitPipeline's `model`): size floored as ai-toolkit
- *    does, steps, cfg, which are the model defaults, and what the prompt's --flags override.
+ *    (traced back through ApplyAIToolkitLoRA / AIToolkitModelOptions nodes to LoadAIToolkitPipeline's `model`).
+ *    The server computes them with the library itself (GET /aitk/effective runs engine.build_request: model
+ *    defaults for 0 / -1, the prompt's --flags, ai-toolkit's size floor and the pipeline's own, the guidance's
+ *    name, a control image the model needs, and the node's own message for a value it would refuse); this file
+ *    only sends the widget values (debounced, one request in flight per node, the latest values win) and draws
+ *    the answer. No model rule is repeated here.
  *  - ApplyAIToolkitLoRA: what the selected LoRA file says about itself (trained base, ai-toolkit version, trigger
- *    word, rank, modules, dtype), from its safetensors header.
+ *    word, rank, modules, dtype), from its safetensors header, and a warning when its base is not the pipeline's.
  *  - New AIToolkitSample nodes start with the seed's "control after generate" at "fixed".
  *
  * The text is drawn on the node and never saved or sent with the prompt. Data comes from the pack's routes
- * GET /aitk/registry and GET /aitk/lora_info (nodes/routes.py).
+ * GET /aitk/effective (POST for prompts too long for a URL), GET /aitk/registry and GET /aitk/lora_info
+ * (nodes/routes.py).
  */
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
@@ -18,12 +23,12 @@ import { api } from "../../scripts/api.js";
 const LOAD = "LoadAIToolkitPipeline";
 const LORA = "ApplyAIToolkitLoRA";
 const SAMPLE = "AIToolkitSample";
+const OPTIONS = "AIToolkitModelOptions"; // passes the pipeline through, like ApplyAIToolkitLoRA
 const INFO = "aitk_info"; // name of the read-only text widget
 const LORA_STATE = Symbol("aitk lora info"); // {name, info} or {name, error}, kept on the node
 const LORA_PENDING = Symbol("aitk lora request"); // the name being fetched
 
-let registry = null; // {model_id: {label, defaults: {steps, guidance_scale, width, height}, size_divisor, size_min}}
-let registryError = null;
+let registry = null; // GET /aitk/registry: {model_id: {label, defaults, …, base_versions}} (for the LoRA check)
 
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
 const chain = (original, extra) => function (...args) {
@@ -32,7 +37,6 @@ const chain = (original, extra) => function (...args) {
   return result;
 };
 const line = (text, tone = "text") => ({ text, tone });
-const num = (x) => String(Number(x.toFixed(3)));
 
 // --- the read-only text widget: lines drawn on the canvas, wrapped to the node's width ----------------------
 
@@ -119,74 +123,72 @@ function upstreamModel(node) {
     const slot = node.type === "Reroute" ? 0 : node.findInputSlot("pipeline");
     node = slot >= 0 ? node.getInputNode(slot) : null;
     if (node?.comfyClass === LOAD) return widget(node, "model")?.value ?? null;
-    if (node && node.comfyClass !== LORA && node.type !== "Reroute") return null;
+    if (node && node.comfyClass !== LORA && node.comfyClass !== OPTIONS && node.type !== "Reroute") return null;
   }
   return null;
 }
 
-// --- AIToolkitSample: effective settings, computed as pipelines/engine.build_request does -------------------
+// --- AIToolkitSample: effective settings, computed by the server with the library (GET /aitk/effective) ----
 
-const PROMPT_FLAGS = { w: "width", h: "height", s: "steps", steps: "steps", l: "cfg", cfg: "cfg" };
+const EFFECTIVE = Symbol("aitk effective"); // per node: {key, lines} (latest answer), timer, busy
+const DEBOUNCE_MS = 150;
+const MAX_URL = 4000; // longer queries go as a POST body (aiohttp refuses request lines over 8190 bytes)
+const TONES = { normal: "text", dim: "dim", warn: "warn" };
+const SAMPLE_INPUTS = ["prompt", "width", "height", "steps", "guidance_scale", "seed"];
 
-/** The prompt's --flags that change what the line shows, parsed like pipelines/prompts.apply_flags. */
-function promptFlags(prompt, notes) {
-  const found = {};
-  for (const chunk of String(prompt ?? "").trim().split("--").slice(1)) {
-    const flag = chunk.split(" ")[0].trim();
-    if (!(flag in PROMPT_FLAGS)) continue;
-    const content = chunk.slice(flag.length).trim();
-    const isInt = PROMPT_FLAGS[flag] !== "cfg";
-    const value = Number(content);
-    if (!content || !Number.isFinite(value) || (isInt && !/^[+-]?\d+$/.test(content))) {
-      notes.push(line(`prompt --${flag} needs a number (the node will refuse it)`, "warn"));
-      continue;
-    }
-    found[PROMPT_FLAGS[flag]] = { flag, value };
-  }
-  return found;
+/** The query for the node's current widget values, or null when no model is connected. */
+function effectiveQuery(node) {
+  const model = upstreamModel(node);
+  if (model == null) return null;
+  const params = { model };
+  for (const name of SAMPLE_INPUTS) params[name] = String(widget(node, name)?.value ?? "");
+  return params;
 }
 
+const stateOf = (node) => (node[EFFECTIVE] ??= { key: null, lines: null, timer: null, busy: false });
+
+/** Ask the server for the node's effective settings: one request in flight per node, debounced; when an answer
+ * comes back for values that changed meanwhile, it is shown and the latest values are asked for next. */
+function requestEffective(node) {
+  const state = stateOf(node);
+  clearTimeout(state.timer);
+  state.timer = setTimeout(() => fetchEffective(node), DEBOUNCE_MS);
+}
+
+async function fetchEffective(node) {
+  const state = stateOf(node);
+  state.timer = null;
+  const params = effectiveQuery(node);
+  if (state.busy || !params) return; // the answer in flight re-checks the values when it comes back
+  const key = new URLSearchParams(params).toString();
+  if (key === state.key) return;
+  state.busy = true;
+  let lines;
+  try {
+    const url = `/aitk/effective?${key}`;
+    const res = url.length <= MAX_URL ? await api.fetchApi(url)
+      : await api.fetchApi("/aitk/effective", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(params) });
+    const body = await res.json().catch(() => ({}));
+    lines = res.ok && Array.isArray(body.lines)
+      ? body.lines.map((l) => line(String(l.text), TONES[l.kind] ?? "text"))
+      : [line(body.error ?? `effective settings unavailable (HTTP ${res.status})`, "warn")];
+  } catch (e) {
+    lines = [line(`effective settings unavailable (${e?.message ?? e})`, "warn")];
+  }
+  state.busy = false;
+  Object.assign(state, { key, lines });
+  show(node, sampleLines(node)); // asks again when the values changed while this request was out
+}
+
+/** What the node shows now: the server's answer for the current values, else the last answer (or a placeholder)
+ * while the answer for the current values is on its way. */
 function sampleLines(node) {
-  if (!registry) {
-    return [line(registryError ? `model defaults unavailable (${registryError})` : "loading model defaults…", "dim")];
-  }
-  const model = upstreamModel(node);
-  if (model == null) return [line("Connect Load AI Toolkit Pipeline to see the effective settings.", "dim")];
-  const spec = registry[model];
-  if (!spec) return [line(`${model}: not in this server's model registry`, "warn")];
-  const d = spec.defaults;
-  const value = (name) => widget(node, name)?.value;
-  const notes = [];
-  // 0 (size, steps) and a negative guidance mean "model default" (see the widgets' tooltips)
-  const set = { width: value("width") || 0, height: value("height") || 0, steps: value("steps") || 0,
-    cfg: value("guidance_scale") ?? -1 };
-  const eff = { width: set.width || d.width, height: set.height || d.height, steps: set.steps || d.steps,
-    cfg: set.cfg < 0 ? d.guidance_scale : set.cfg };
-  for (const side of ["width", "height"]) {
-    if (set[side] && set[side] < spec.size_min) {
-      notes.push(line(`${side} ${set[side]} is below ${spec.size_min} for ${model}: the node will refuse it`, "warn"));
-    }
-  }
-  const flags = promptFlags(value("prompt"), notes);
-  for (const [key, { value: v }] of Object.entries(flags)) eff[key] = v;
-  for (const side of ["width", "height"]) { // ai-toolkit: max(min, x - x % divisor)
-    const floored = Math.max(spec.size_min, eff[side] - (eff[side] % spec.size_divisor));
-    if (floored !== eff[side]) {
-      notes.push(line(`${side} ${eff[side]} → ${floored} (multiple of ${spec.size_divisor}, min ${spec.size_min})`,
-        "dim"));
-    }
-    eff[side] = floored;
-  }
-  const cfgName = spec.guidance === "cfg" || !spec.guidance ? "cfg" : "guidance";
-  const summary = (s) => `${s.width}×${s.height}, ${s.steps} steps, ${cfgName} ${num(s.cfg)}`;
-  const allDefault = !set.width && !set.height && !set.steps && set.cfg < 0 && !Object.keys(flags).length;
-  const lines = [line(`${model}: ${summary(eff)}${allDefault ? " (model defaults)" : ""}`)];
-  if (!allDefault) {
-    lines.push(line(`model defaults: ${summary({ ...d, cfg: d.guidance_scale })}`, "dim"));
-  }
-  const flagNames = Object.values(flags).map((f) => `--${f.flag}`);
-  if (flagNames.length) lines.push(line(`from the prompt: ${flagNames.join(", ")}`, "dim"));
-  return [...lines, ...notes];
+  const params = effectiveQuery(node);
+  if (!params) return [line("Connect Load AI Toolkit Pipeline to see the effective settings.", "dim")];
+  const state = stateOf(node);
+  if (new URLSearchParams(params).toString() !== state.key) requestEffective(node);
+  return state.lines ?? [line("computing the effective settings…", "dim")];
 }
 
 // --- ApplyAIToolkitLoRA: what the file says about itself ----------------------------------------------------
@@ -255,8 +257,8 @@ app.registerExtension({
       const res = await api.fetchApi("/aitk/registry");
       if (!res.ok) throw new Error(`GET /aitk/registry: HTTP ${res.status}`);
       registry = await res.json();
-    } catch (e) {
-      registryError = String(e?.message ?? e);
+    } catch {
+      registry = null; // the LoRA nodes then skip the base check; everything else works without it
     }
     refreshGraph(app.graph);
   },
@@ -274,7 +276,7 @@ app.registerExtension({
       // the values they stand for. Writing the numbers into the widgets instead would overwrite the user's
       // explicit choices and hard-code one model's defaults into saved workflows and API prompts, so switching
       // the model (or sharing the workflow) would keep stale numbers. Explicit values are kept and shown.
-      for (const name of ["prompt", "width", "height", "steps", "guidance_scale"]) {
+      for (const name of SAMPLE_INPUTS) {
         onUserChange(node, name, () => show(node, sampleLines(node)));
       }
       node.onConnectionsChange = chain(node.onConnectionsChange, () => refreshGraph(node.graph));
@@ -286,6 +288,8 @@ app.registerExtension({
       node.onConnectionsChange = chain(node.onConnectionsChange, () => refreshGraph(node.graph));
       // after the constructor: a workflow being loaded has set the saved lora_name by then
       queueMicrotask(() => fetchLoraInfo(node));
+    } else if (node.comfyClass === OPTIONS) {
+      node.onConnectionsChange = chain(node.onConnectionsChange, () => refreshGraph(node.graph));
     } else if (node.comfyClass === LOAD) {
       onUserChange(node, "model", () => refreshGraph(node.graph));
     }
