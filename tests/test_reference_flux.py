@@ -1,6 +1,8 @@
 """The tiny FLUX-family fixtures (`tests/fixtures/tiny_flux.py`) and the hand-written ai-toolkit references
-(`tests/reference_flux.py`) checked against each other and against stock Diffusers calls. Nothing here imports the
-pack; the pack's own parity tests can build on both modules. 64x64, 4 steps, CPU; well under a minute.
+(`tests/reference_flux.py`) checked against each other, against stock Diffusers calls and, where a clone of
+ai-toolkit is at hand (`AITK_MIRROR`, skipped otherwise), against ai-toolkit's own Flex2Pipeline and Chroma model +
+pipeline run from its source. Nothing here imports the pack; the pack's own parity tests can build on both modules.
+64x64, 4 steps, CPU, one intra-op thread; about 20-30 s.
 """
 from __future__ import annotations
 
@@ -273,3 +275,114 @@ def test_quantized_reference_differs_from_the_unquantized_one(folders):
           f" quantized+branch vs unquantized+merged {_levels(quant_lora, merged_lora)}")
     assert quant.std() > 5 and _levels(plain, quant) > 0 and _levels(quant, quant_lora) > 10
     assert _levels(quant_lora, merged_lora) > 0
+
+
+# ----------------------------------------------------------------------------- against ai-toolkit's own code
+AITK_MIRROR = os.environ.get("AITK_MIRROR", "/work/.mirror/ostris+ai-toolkit/repo")  # a bare clone at 27a03a91
+
+
+def _aitk_sources(tmp_path, files: dict) -> str:
+    """Copies ai-toolkit files (`git show HEAD:path`) into a package under tmp_path; skips without the mirror."""
+    import subprocess
+
+    if not os.path.isdir(AITK_MIRROR):
+        pytest.skip("no ai-toolkit mirror (set AITK_MIRROR to a clone of ostris/ai-toolkit)")
+    for dst, src in files.items():
+        text = subprocess.run(["git", "-C", AITK_MIRROR, "show", f"HEAD:{src}"], capture_output=True, text=True,
+                              check=True).stdout
+        (tmp_path / dst).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / dst).write_text(text)
+        for parent in (tmp_path / dst).parents:
+            if parent == tmp_path:
+                break
+            (parent / "__init__.py").touch()
+    return str(tmp_path)
+
+
+def test_flex2_reference_equals_aitk_flex2pipeline(tmp_path, folders, monkeypatch):
+    import importlib.machinery
+    import sys
+    import types
+
+    root = _aitk_sources(tmp_path, {"aitk_flex2/pipeline.py": "extensions_built_in/flex2/pipeline.py"})
+    monkeypatch.syspath_prepend(root)
+    try:
+        import torchvision.transforms  # noqa: F401
+    except Exception:  # only the RGBA inpaint path uses it
+        stub = types.ModuleType("torchvision")
+        stub.transforms = types.ModuleType("torchvision.transforms")
+        stub.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
+        stub.transforms.__spec__ = importlib.machinery.ModuleSpec("torchvision.transforms", None)
+        monkeypatch.setitem(sys.modules, "torchvision", stub)
+        monkeypatch.setitem(sys.modules, "torchvision.transforms", stub.transforms)
+    flex2_pipeline = importlib.import_module("aitk_flex2.pipeline")
+    for dtype, control, (w, h) in ((torch.float32, None, (96, 64)), (torch.bfloat16, _control(), (76, 60))):
+        parts = ref.load_parts(folders["flex2"], "flex2", dtype)
+        pipe = flex2_pipeline.Flex2Pipeline(
+            scheduler=ref._scheduler(), vae=parts["vae"], text_encoder=parts["text_encoder"],
+            tokenizer=parts["tokenizer"], text_encoder_2=parts["text_encoder_2"], tokenizer_2=parts["tokenizer_2"],
+            transformer=parts["transformer"])
+        pipe.set_progress_bar_config(disable=True)
+        embeds, pooled = ref.encode_flux(parts, PROMPT)
+        got = pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=ref._floor8(h), width=ref._floor8(w),
+                   num_inference_steps=STEPS, guidance_scale=3.5, generator=torch.Generator().manual_seed(SEED),
+                   control_image=control, control_image_idx=1, output_type="np").images
+        assert _levels(ref.preview_flex2(parts, PROMPT, SEED, STEPS, 3.5, w, h, control_pil=control),
+                       ref._to_uint8(got)) == 0, (dtype, control is not None)
+
+
+def test_chroma_reference_and_single_file_equal_aitk_chroma(tmp_path, folders, monkeypatch):
+    import importlib
+
+    from safetensors.torch import load_file
+
+    base = "extensions_built_in/diffusion_models/chroma/"
+    root = _aitk_sources(tmp_path, {f"aitk_chroma/{f}": base + f
+                                    for f in ("pipeline.py", "src/model.py", "src/layers.py", "src/math.py")})
+    monkeypatch.syspath_prepend(root)
+    aitk_pipeline = importlib.import_module("aitk_chroma.pipeline")
+    aitk_model = importlib.import_module("aitk_chroma.src.model")
+    path = str(tmp_path / "chroma.safetensors")
+    tiny_flux.save_chroma_single_file(tiny_flux.build("chroma"), path)
+    params = aitk_model.ChromaParams(  # chroma_params with the tiny sizes
+        in_channels=64, context_in_dim=tiny_flux.TEXT_DIM, hidden_size=tiny_flux.INNER, mlp_ratio=4.0,
+        num_heads=tiny_flux.HEADS, depth=tiny_flux.N_DOUBLE, depth_single_blocks=tiny_flux.N_SINGLE,
+        axes_dim=list(tiny_flux.ROPE), theta=10_000, qkv_bias=True, guidance_embed=True, approximator_in_dim=64,
+        approximator_depth=2, approximator_hidden_size=32, _use_compiled=False)
+
+    class FakeCLIP(torch.nn.Module):  # chroma_model.py:FakeCLIP
+        def __init__(self):
+            super().__init__()
+            self.device, self.dtype = torch.device("cpu"), torch.bfloat16
+            self.model_max_length, self.text_model = 77, None
+
+    for dtype, guidance in ((torch.float32, 4.0), (torch.bfloat16, 4.0), (torch.bfloat16, 1.0)):
+        parts = ref.load_parts(folders["chroma"], "chroma", dtype)
+        model = aitk_model.Chroma(params)
+        model.load_state_dict(load_file(path))  # strict, as ChromaModel.load_model
+        model.to(dtype=dtype).requires_grad_(False).eval()
+        model.dtype = dtype
+        sd, _ = tiny_flux.chroma_lora(parts["transformer"], seed=1)
+        ref.merge_bfl(parts, sd, 1.0)
+        for key in (k for k in sd if k.endswith(".lora_A.weight")):  # ai-toolkit merges into the fused modules
+            module = model.get_submodule(key[len("diffusion_model."):-len(".lora_A.weight")])
+            delta = 1.0 * (sd[key.replace("lora_A", "lora_B")].float() @ sd[key].float()) * 1.0
+            module.weight.data = (module.weight.float() + delta).to(module.weight.dtype)
+        pipe = aitk_pipeline.ChromaPipeline(
+            scheduler=ref._scheduler(), text_encoder=FakeCLIP(), tokenizer=FakeCLIP(),
+            text_encoder_2=parts["text_encoder"], tokenizer_2=parts["tokenizer"], vae=parts["vae"], transformer=model)
+        pipe.set_progress_bar_config(disable=True)
+
+        def embed(text):  # ChromaModel.get_prompt_embeds, then PromptEmbeds.to(dtype=unet.dtype) (mask included)
+            ids = parts["tokenizer"]([text], padding="max_length", max_length=512, truncation=True,
+                                     return_tensors="pt")
+            with torch.no_grad():
+                e = parts["text_encoder"](ids.input_ids, output_hidden_states=False)[0]
+            return e.to(parts["text_encoder"].dtype).to(dtype), ids["attention_mask"].to(dtype=dtype)
+
+        (e, m), (ne, nm) = embed(PROMPT), embed(NEGATIVE)
+        got = pipe(prompt_embeds=e, prompt_attn_mask=m, negative_prompt_embeds=ne, negative_prompt_attn_mask=nm,
+                   height=SIZE, width=SIZE, num_inference_steps=STEPS, guidance_scale=guidance,
+                   generator=torch.Generator().manual_seed(SEED), output_type="np").images
+        want = ref.preview_chroma(parts, PROMPT, NEGATIVE, SEED, STEPS, guidance, SIZE, SIZE)
+        assert _levels(want, ref._to_uint8(got)) == 0, (dtype, guidance)
