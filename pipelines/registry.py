@@ -163,6 +163,24 @@ _SPECS += (
         **_FLUX_COMMON),
 )
 
+# Flex.2-preview: ai-toolkit's own Flex2Pipeline (extensions_built_in/flex2), re-implemented in families/flux/flex2.py.
+# pipeline_class FluxPipeline: the tiny folders say so, and the repo is loaded elsewhere with
+# `AutoPipelineForText2Image.from_pretrained(..., custom_pipeline=...)`, which needs a Diffusers class name there (not
+# checked against the Hub file; a list-form `_class_name` passes the folder check as well). ai-toolkit loads the
+# components one by one and never reads it. No attn_masking option (Flex2.get_prompt_embeds has none).
+_SPECS += (
+    ModelSpec(
+        id="flex2", label="Flex.2-preview", base_repo="ostris/Flex.2-preview", pipeline_class="FluxPipeline",
+        variant="flex2",
+        controls=(ControlSlot("control_image", False, "a depth/line/pose control image (ai-toolkit ctrl_img with "
+                                                      "ctrl_idx 1); without one Flex.2 renders as ai-toolkit's "
+                                                      "previews do: inpaint mask of ones, zero latents"),),
+        base_versions=("flex2",), workflow="Flex.2 LoRA",
+        notes="Flex2Pipeline math: 196-channel input (latents | zero inpaint latent + mask of ones | control), "
+              "control image LANCZOS + VAE sample drawn before the noise; FLUX.1 sampling otherwise; qfloat8 preset",
+        **dict(_FLUX_COMMON, options=None)),
+)
+
 REGISTRY: Mapping[str, ModelSpec] = MappingProxyType({s.id: s for s in _SPECS})
 
 

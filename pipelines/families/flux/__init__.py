@@ -160,4 +160,6 @@ class Kontext(Flux):
         return request.width // 16 * 16, request.height // 16 * 16
 
 
-VARIANTS = {"": Flux, "kontext": Kontext}
+from .flex2 import Flex2  # noqa: E402  (at the bottom: Flex2 subclasses Flux)
+
+VARIANTS = {"": Flux, "kontext": Kontext, "flex2": Flex2}
