@@ -52,6 +52,10 @@ def check_number(label: str, value, lo: float, hi: float, hint: str = "") -> flo
 def check_int(label: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise InputError(f"{label} must be a whole number, got {value!r}.")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value.strip())  # exact for seeds beyond 2**53 (float() would round them)
     try:
         number = float(value)
         if not number.is_integer():
@@ -103,8 +107,26 @@ class PipelineHandle:
         links = tuple(LoraLink(bound, s) for bound, s in chain)
         return replace(self, base=base, loras=links + (LoraLink(bind(base, path), strength),))
 
+
+
+    options: tuple = ()  # (name, value) overrides of the model's family options
+
     def reports(self) -> list:
         return [link.bound.report for link in self.loras]
+
+    def with_options(self, **values) -> "PipelineHandle":
+        """A new handle with family options overridden (e.g. FLUX.1's `attn_masking`); unknown names are refused."""
+        import dataclasses
+
+        known = {f.name: f for f in dataclasses.fields(self.spec.options)} if self.spec.options else {}
+        for name, value in values.items():
+            if name not in known:
+                raise InputError(f"{self.spec.label} has no option {name!r}" + (
+                    f"; it has: {', '.join(known)}." if known else " (it has no model options)."))
+            if type(value) is not type(known[name].default):
+                raise InputError(f"Option {name} must be a {type(known[name].default).__name__}, got {value!r}.")
+        merged = dict(self.options, **values)
+        return replace(self, options=tuple(sorted(merged.items())))
 
 
 _LAST_READ: dict = {}  # LoRA real path -> (path, mtime, size) when it was last read, for any base
@@ -246,6 +268,8 @@ def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None =
     raise a RenderError that says where it broke and the likely cause."""
     if lora_mode not in LORA_MODES:
         raise InputError(f"Unknown lora_mode {lora_mode!r}; choose one of: {', '.join(LORA_MODES)}.")
+    if handle.options:
+        request = replace(request, options=handle.options)
     get_family(handle.spec).check_request(handle.spec, request)
     base, chain = _live(handle)
     multiplier = request.network_multiplier

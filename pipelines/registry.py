@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from .errors import UnknownModelError
+from .families.flux.options import FluxOptions
 from .flowmatch import FLUX_CONFIG
 from .spec import (ControlSlot, GuidanceSpec, LatentPreview, LoraLayout, MediaSpec, QuantSpec, SampleDefaults,
                    SchedulerSpec, SizeRule)
@@ -140,7 +141,8 @@ _FLUX_LORA = LoraLayout(
                                     "text_encoder": "text_encoder"}),
 )
 _FLUX_COMMON = dict(family="flux", defaults=_FLOW_DEFAULTS, scheduler=_FLUX_SCHEDULER, lora=_FLUX_LORA,
-                    size=_FLUX_SIZE, guidance=GuidanceSpec("embedded"), quant=_FLUX_QUANT, preview=_FLUX_PREVIEW)
+                    size=_FLUX_SIZE, guidance=GuidanceSpec("embedded"), quant=_FLUX_QUANT, preview=_FLUX_PREVIEW,
+                    options=FluxOptions())
 
 _SPECS += (
     ModelSpec(
@@ -179,6 +181,25 @@ _SPECS += (
         notes="Flex2Pipeline math: 196-channel input (latents | zero inpaint latent + mask of ones | control), "
               "control image LANCZOS + VAE sample drawn before the noise; FLUX.1 sampling otherwise; qfloat8 preset",
         **dict(_FLUX_COMMON, options=None)),
+)
+
+# Chroma1-Base: ai-toolkit's ChromaModel (extensions_built_in/diffusion_models/chroma), previewed through Diffusers'
+# ChromaPipeline in families/chroma.py. The T5 is `text_encoder` here (ai-toolkit: text_encoder_2, quantize_te).
+# A single file is ai-toolkit's BFL-layout transformer; `single_file_config` names no shipped folder: the family takes
+# the config and the T5/VAE from a Diffusers folder beside the file or from the HF cache (as ai-toolkit does).
+_SPECS += (
+    ModelSpec(
+        id="chroma", label="Chroma1-Base", base_repo="lodestones/Chroma1-Base", pipeline_class="ChromaPipeline",
+        base_versions=("chroma",), workflow="Chroma LoRA", single_file_config="chroma",
+        checkpoint_marker="distilled_guidance_layer.",
+        notes="flowmatch with dynamic shift, true CFG with the negative iff guidance > 1.00001, T5 512 tokens run "
+              "unmasked + bool mask of the tokens and one pad, approximator RMSNorm eps 1e-6; qfloat8 preset",
+        **dict(_FLUX_COMMON, family="chroma", guidance=GuidanceSpec("true_cfg", threshold=1.00001),
+               quant=QuantSpec(preset="qfloat8", components=("transformer", "text_encoder")),
+               lora=LoraLayout(kohya_prefixes=MappingProxyType({"lora_unet": "transformer"}),
+                               peft_prefixes=MappingProxyType({"diffusion_model": "transformer",
+                                                               "transformer": "transformer"})),
+               options=None)),
 )
 
 REGISTRY: Mapping[str, ModelSpec] = MappingProxyType({s.id: s for s in _SPECS})

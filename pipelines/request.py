@@ -35,6 +35,7 @@ class SampleRequest:
     ignored_prompt_2: str | None = None
     ignored_negative_prompt_2: str | None = None
     flags: tuple[str, ...] = field(default_factory=tuple)  # flags found in the prompt, in order
+    options: tuple = ()   # (name, value) overrides of the model's family options (`PipelineHandle.with_options`)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 
 from .errors import LoraError, ModelSourceError
-from .registry import REGISTRY, ModelSpec
 
 MODELS_ENV = "AITK_MODELS_DIR"
 CHECKPOINT_EXTS = (".safetensors",)
@@ -84,7 +83,7 @@ class BaseSource:
         return f"{self.kind}:{self.location}"
 
 
-def resolve_base(spec: ModelSpec, base: str, roots: ModelRoots) -> BaseSource:
+def resolve_base(spec, base: str, roots: ModelRoots) -> BaseSource:
     base = (base or "default").strip()
     if base == "default":
         return BaseSource("hub", spec.base_repo)
@@ -102,7 +101,7 @@ def resolve_base(spec: ModelSpec, base: str, roots: ModelRoots) -> BaseSource:
         f"single-file checkpoint under checkpoints/ {list(roots.checkpoints)}.")
 
 
-def _check_folder_model(spec: ModelSpec, name: str, folder: str) -> None:
+def _check_folder_model(spec, name: str, folder: str) -> None:
     """The folder's model_index.json names its pipeline: refuse a folder of another model, naming the right id."""
     index_path = os.path.join(folder, "model_index.json")
     try:
@@ -114,13 +113,15 @@ def _check_folder_model(spec: ModelSpec, name: str, folder: str) -> None:
                                "Diffusers folder again.") from None
     if not isinstance(cls, str) or cls == spec.pipeline_class:
         return
+    from .registry import REGISTRY  # here: the registry's family data imports this module
+
     ids = ", ".join(other.id for other in REGISTRY.values() if other.pipeline_class == cls)
     pick = f"pick model {ids} for it" if ids else "no model id of this pack uses that pipeline"
     raise ModelSourceError(f"Base {name!r} is a {cls} folder (its model_index.json says so), not a {spec.label} "
                            f"({spec.pipeline_class}) one: {pick}, or choose a {spec.label} base for {spec.id}.")
 
 
-def _check_checkpoint_model(spec: ModelSpec, name: str, path: str) -> None:
+def _check_checkpoint_model(spec, name: str, path: str) -> None:
     """A single file must carry the keys of the model it is loaded as; name the model id whose keys it has."""
     if not spec.checkpoint_marker:
         return
@@ -134,6 +135,8 @@ def _check_checkpoint_model(spec: ModelSpec, name: str, path: str) -> None:
                                "file again.") from None
     if any(k.startswith(spec.checkpoint_marker) for k in keys):
         return
+    from .registry import REGISTRY
+
     others = [o.id for o in REGISTRY.values() if o.checkpoint_marker and o.id != spec.id
               and any(k.startswith(o.checkpoint_marker) for k in keys)]
     what = f"a {', '.join(others)} checkpoint: pick model {others[0]} for it" if others else \
@@ -141,7 +144,7 @@ def _check_checkpoint_model(spec: ModelSpec, name: str, path: str) -> None:
     raise ModelSourceError(f"Checkpoint {name!r} is {what}, or choose a {spec.label} checkpoint for {spec.id}.")
 
 
-def single_file_config_dir(spec: ModelSpec, checkpoint: str) -> str:
+def single_file_config_dir(spec, checkpoint: str) -> str:
     """The config folder for a single-file checkpoint: a Diffusers config folder next to it with the same name
     (`foo/model_index.json` beside `foo.safetensors`, for non-standard models) or the one shipped for the model."""
     sidecar = os.path.splitext(checkpoint)[0]

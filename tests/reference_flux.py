@@ -74,10 +74,12 @@ def _to_uint8(np_images) -> np.ndarray:
 # ----------------------------------------------------------------------------- LoRA: merge and side branch
 def _merge(module, a, b, multiplier, scale=1.0):
     # toolkit/network_mixins.py:ToolkitModuleMixin.merge_in: fp32 up/down, `weight + multiplier * (up @ down) * scale`,
-    # written back in the weight's dtype (one rounding)
+    # written back in the weight's dtype (one rounding) with `org_module.load_state_dict`, which copies into the
+    # existing parameter (its memory, and so its address alignment for CPU kernels, stays the loader's)
     weight = module.weight
     merged = weight.float() + multiplier * (b.float() @ a.float()) * scale
-    module.weight.data = merged.to(weight.dtype)
+    with torch.no_grad():
+        module.weight.copy_(merged.to(weight.dtype))
 
 
 def _peft_modules(state_dict, prefix="transformer."):
@@ -126,7 +128,8 @@ def merge_bfl(parts: dict, state_dict: dict, multiplier: float = 1.0) -> int:
         b = state_dict[f"diffusion_model.{base}.lora_B.weight"].float()
         delta = multiplier * (b @ a) * 1.0
         for module, rows in zip(modules, torch.split(delta, [m.out_features for m in modules], dim=0)):
-            module.weight.data = (module.weight.float() + rows).to(module.weight.dtype)
+            with torch.no_grad():  # load_state_dict semantics: into the existing parameter (see _merge)
+                module.weight.copy_((module.weight.float() + rows).to(module.weight.dtype))
             merged += 1
     return merged
 

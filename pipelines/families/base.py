@@ -40,6 +40,15 @@ class Family:
         names = {comp: self.module_names(spec, comp, module) for comp, module in components.items()}
         return prefixed_index(names, spec.lora)
 
+    # ---- options -------------------------------------------------------------------------------------------
+    def options(self, spec, request=None):
+        """The entry's options dataclass with the request's overrides applied (None when the family has none)."""
+        import dataclasses
+
+        if spec.options is None:
+            return None
+        return dataclasses.replace(spec.options, **dict(getattr(request, "options", ()) or ()))
+
     # ---- sampling ------------------------------------------------------------------------------------------
     def scheduler(self, spec, sampler: str | None = None):
         return make_scheduler(spec, sampler)

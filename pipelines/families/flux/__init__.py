@@ -21,22 +21,15 @@ LoRA names: Diffusers paths (`transformer.…`, ai-toolkit's peft files) and BFL
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-
 import torch
 
 from ...flowmatch import mu_for
 from ..base import Family
 from ..common import from_source, prepare_components, quantize_components
 from .bfl_names import bfl_names
+from .options import FluxOptions  # noqa: F401  (re-exported: the family's options)
 
 T5_MAX_LENGTH = 512
-
-
-@dataclass(frozen=True)
-class FluxOptions:
-    """FLUX.1-only settings from the training config (`model:` section)."""
-    attn_masking: bool = False   # model.attn_masking: zero T5 pad embeddings (ai-toolkit's default: off)
 
 
 def _class(name: str):
@@ -68,10 +61,6 @@ class Flux(Family):
     pipeline_class = "FluxPipeline"
     parts = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer")
 
-    def options(self, spec, request) -> FluxOptions:
-        base = spec.options if isinstance(spec.options, FluxOptions) else FluxOptions()
-        return base
-
     # ---- loading -------------------------------------------------------------------------------------------
     def load(self, spec, source, dtype, device, quantization=None):
         pipe = from_source(_class(self.pipeline_class), spec, source, scheduler=self.scheduler(spec))
@@ -94,7 +83,8 @@ class Flux(Family):
         return sampling
 
     def embeds(self, spec, pipe, request):
-        embeds, pooled = encode_flux(pipe, request.prompt, self.options(spec, request).attn_masking)
+        options = self.options(spec, request)
+        embeds, pooled = encode_flux(pipe, request.prompt, bool(getattr(options, "attn_masking", False)))
         dtype = pipe.transformer.dtype  # ai-toolkit casts the embeds to the model's dtype
         return embeds.to(dtype), pooled.to(dtype)
 

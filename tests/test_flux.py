@@ -1,0 +1,212 @@
+"""FLUX.1-dev, Flex.1 and Kontext through the library render ai-toolkit's preview bit for bit: library output ==
+the independent hand-written reference (tests/reference_flux.py: plain Diffusers configured with ai-toolkit's
+settings), fp32 and bf16 on CPU, for the base, LoRA files in ai-toolkit's layout (and BFL names with fused keys),
+strength, flags, trigger, the Kontext control image, model options and the qfloat8 base with the fp32 branch."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from tests import reference_flux as ref
+from tests.fixtures import tiny_flux
+
+from aitk_pack.pipelines import engine
+from aitk_pack.pipelines.cache import CACHE
+from aitk_pack.pipelines.errors import ControlImageError
+from aitk_pack.pipelines.sources import ModelRoots
+
+MODELS = ("flux", "flex1", "flux_kontext")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SMALL = dict(width=64, height=64, steps=3, seed=7, guidance_scale=4.0)
+PROMPT = "a red fox in the snow"
+
+
+def control_image():
+    """A deterministic control image of another size than the output (so ai-toolkit's resize matters)."""
+    x = np.linspace(0, 255, 80, dtype=np.float32)
+    y = np.linspace(0, 255, 48, dtype=np.float32)
+    rgb = np.stack([np.add.outer(y, x) / 2, np.outer(y, np.ones_like(x)), np.outer(np.ones_like(y), x)], -1)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+@pytest.fixture(scope="module")
+def flux_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flux_models")
+    (root / "loras").mkdir()
+    for model in MODELS:
+        pipe = tiny_flux.save(model, str(root / "diffusers" / f"tiny-{model}"))
+        sd, meta = tiny_flux.flux_peft_lora(pipe.transformer, seed=11, model_id=model, trigger_word="ohwx")
+        save_file(sd, str(root / "loras" / f"{model}_peft.safetensors"), metadata=meta)
+        if model == "flux":
+            sd, meta = tiny_flux.flux_bfl_lora(pipe.transformer, seed=12)
+            save_file(sd, str(root / "loras" / "flux_bfl.safetensors"), metadata=meta)
+            save_file(tiny_flux.bfl_to_peft(sd, pipe.transformer), str(root / "loras" / "flux_bfl_split.safetensors"),
+                      metadata=meta)
+    return root
+
+
+@pytest.fixture(scope="module")
+def roots(flux_models):
+    yield ModelRoots(diffusers=(str(flux_models / "diffusers"),), loras=(str(flux_models / "loras"),))
+    CACHE.release()
+
+
+def folder(flux_models, model):
+    return str(flux_models / "diffusers" / f"tiny-{model}")
+
+
+def render(roots, model, dtype, loras=(), quantization="none", prompt=PROMPT, options=None, **values):
+    handle = engine.load(model, base=f"tiny-{model}", dtype=dtype, device="cpu", roots=roots,
+                         quantization=quantization)
+    for name, strength in loras:
+        handle = engine.apply_lora(handle, name, strength, roots=roots)
+    if options:
+        handle = handle.with_options(**options)
+    return engine.generate(handle, prompt, **dict(SMALL, **values))[0]
+
+
+def reference(flux_models, model, dtype, loras=(), prompt=PROMPT, quantized=False, control=None, **values):
+    v = dict(SMALL, **values)
+    parts = ref.load_parts(folder(flux_models, model), model, DTYPES[dtype])
+    if quantized:
+        ref.quantize_like_aitk(parts["transformer"], DTYPES[dtype])
+        ref.quantize_like_aitk(parts["text_encoder_2"], DTYPES[dtype])
+    for name, strength in loras:
+        sd = load_file(str(flux_models / "loras" / f"{name}.safetensors"))
+        assert (ref.branch_peft if quantized else ref.merge_peft)(parts, sd, strength) > 0
+    args = (prompt, v["seed"], v["steps"], v["guidance_scale"], v["width"], v["height"])
+    if model == "flux_kontext":
+        return ref.preview_kontext(parts, prompt, control if control is not None else control_image(), *args[1:])
+    return ref.preview_flux(parts, *args, attn_masking=values.get("attn_masking", False))
+
+
+def same(got, want):
+    assert got.shape == want.shape, (got.shape, want.shape)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.max() == 0, f"{np.count_nonzero(diff)} values differ, max {diff.max()} levels"
+
+
+def kontext_values(model):
+    return {"controls": (control_image(),)} if model == "flux_kontext" else {}
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("model", MODELS)
+def test_base_matches_reference(flux_models, roots, model, dtype):
+    got = render(roots, model, dtype, **kontext_values(model))
+    assert got.std() > 5, "the tiny model should render a non-flat image"
+    same(got, reference(flux_models, model, dtype))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("strength", [1.0, 0.6])
+def test_aitk_lora_matches_reference(flux_models, roots, model, dtype, strength):
+    lora = (f"{model}_peft", strength)
+    got = render(roots, model, dtype, [(lora[0] + ".safetensors", strength)], **kontext_values(model))
+    base = render(roots, model, dtype, **kontext_values(model))
+    assert np.abs(got.astype(int) - base.astype(int)).max() > 10, "the LoRA should change the image"
+    same(got, reference(flux_models, model, dtype, [lora]))
+
+
+def test_every_key_of_an_aitk_file_applies(flux_models, roots):
+    handle = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots, quantization="none")
+    report = engine.apply_lora(handle, "flux_peft.safetensors", 1.0, roots=roots).loras[-1].bound.report
+    assert report.applied_keys == report.total_keys == 2 * (14 * tiny_flux.N_DOUBLE + 6 * tiny_flux.N_SINGLE)
+    assert not report.warnings()
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_bfl_names_with_fused_keys_equal_the_split_file(roots, dtype):
+    """A `diffusion_model.` BFL file (fused qkv and linear1) patches row slices of the split Diffusers layers: the
+    same pixels as the same LoRA split into peft keys; applying and removing it restores the base exactly."""
+    handle = engine.load("flux", base="tiny-flux", dtype=dtype, device="cpu", roots=roots, quantization="none")
+    base = engine.generate(handle, PROMPT, **SMALL)[0]
+    fused = engine.apply_lora(handle, "flux_bfl.safetensors", 0.8, roots=roots)
+    report = fused.loras[-1].bound.report
+    assert report.applied_keys == report.total_keys and not report.warnings()
+    split = engine.apply_lora(handle, "flux_bfl_split.safetensors", 0.8, roots=roots)
+    got = engine.generate(fused, PROMPT, **SMALL)[0]
+    assert np.abs(got.astype(int) - base.astype(int)).max() > 10
+    same(got, engine.generate(split, PROMPT, **SMALL)[0])
+    same(engine.generate(handle, PROMPT, **SMALL)[0], base)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_fused_branch_equals_split_branch(roots, dtype):
+    """Row slices also work unmerged (the fp32 branch mode)."""
+    handle = engine.load("flux", base="tiny-flux", dtype=dtype, device="cpu", roots=roots, quantization="none")
+    fused = engine.apply_lora(handle, "flux_bfl.safetensors", 0.8, roots=roots)
+    split = engine.apply_lora(handle, "flux_bfl_split.safetensors", 0.8, roots=roots)
+    same(engine.generate(fused, PROMPT, lora_mode="branch", **SMALL)[0],
+         engine.generate(split, PROMPT, lora_mode="branch", **SMALL)[0])
+
+
+@pytest.mark.parametrize("model", ["flux", "flex1"])
+def test_guidance_feeds_the_embedding_and_the_negative_is_unused(flux_models, roots, model):
+    base = render(roots, model, "fp32")
+    other = render(roots, model, "fp32", guidance_scale=2.0)
+    assert np.abs(base.astype(int) - other.astype(int)).max() > 0, "guidance is not bypassed at sampling"
+    same(other, reference(flux_models, model, "fp32", guidance_scale=2.0))
+    same(render(roots, model, "fp32", negative_prompt="blurry, ugly"), base)
+
+
+def test_flags_trigger_and_size_flooring(flux_models, roots):
+    """`--w 120 --h 72 --cfg 3 --seed 9` and `[trigger]`: ai-toolkit floors 120x72 to 8 (unchanged), FluxPipeline
+    to 16 → 112x64."""
+    got = render(roots, "flux", "fp32", prompt="photo of [trigger] --w 120 --h 72 --cfg 3 --seed 9",
+                 trigger_word="ohwx")
+    assert got.shape == (64, 112, 3)
+    same(got, reference(flux_models, "flux", "fp32", prompt="photo of ohwx", width=120, height=72,
+                        guidance_scale=3.0, seed=9))
+
+
+def test_attn_masking_option(flux_models, roots):
+    got = render(roots, "flux", "fp32", options={"attn_masking": True})
+    same(got, reference(flux_models, "flux", "fp32", attn_masking=True))
+    assert np.abs(got.astype(int) - render(roots, "flux", "fp32").astype(int)).max() > 0
+
+
+def test_unknown_option_is_refused(roots):
+    handle = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots, quantization="none")
+    with pytest.raises(Exception, match="no option 'attn_mask'"):
+        handle.with_options(attn_mask=True)
+
+
+def test_kontext_needs_its_control_image(roots):
+    handle = engine.load("flux_kontext", base="tiny-flux_kontext", dtype="fp32", device="cpu", roots=roots,
+                         quantization="none")
+    with pytest.raises(ControlImageError, match="control_image"):
+        engine.generate(handle, PROMPT, **SMALL)
+
+
+def test_kontext_control_image_at_the_output_size(flux_models, roots):
+    """A control image already at the 8-floored size is not resized by ai-toolkit (only the pipeline's own)."""
+    image = control_image().resize((64, 64), Image.NEAREST)
+    got = render(roots, "flux_kontext", "fp32", controls=(image,))
+    same(got, reference(flux_models, "flux_kontext", "fp32", control=image))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_quantized_base_with_fp32_branch_matches_reference(flux_models, roots, dtype, strength):
+    """qfloat8 as ai-toolkit builds it (transformer and T5, after the cast) and the LoRA unmerged in fp32."""
+    pytest.importorskip("optimum.quanto")
+    got = render(roots, "flux", dtype, [("flux_peft.safetensors", strength)], quantization="qfloat8")
+    same(got, reference(flux_models, "flux", dtype, [("flux_peft", strength)], quantized=True))
+    plain = render(roots, "flux", dtype, [("flux_peft.safetensors", strength)])
+    print(f"\n[quantized vs unquantized, {dtype}, strength {strength}] max "
+          f"{np.abs(got.astype(int) - plain.astype(int)).max()} levels")
+
+
+def test_match_training_quantizes_like_the_preset(roots):
+    pytest.importorskip("optimum.quanto")
+    handle = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots)
+    assert handle.base.quantization == "qfloat8"
+    unquantized = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots, quantization="none")
+    assert unquantized.base is not handle.base and unquantized.base.quantization is None
