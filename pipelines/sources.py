@@ -18,11 +18,13 @@ CHECKPOINT_EXTS = (".safetensors",)
 LORA_EXTS = (".safetensors",)
 CONFIG_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
-# What a Diffusers repo download needs: configs, tokenizers and the full-precision weights; never fp16 variants,
-# single-file copies, .bin duplicates or the SD1.5 safety checker.
-HUB_ALLOW = ["model_index.json", "*/*.json", "*/*.txt", "*/diffusion_pytorch_model.safetensors",
-             "*/model.safetensors", "*/*.model"]
-HUB_IGNORE = ["safety_checker/*", "feature_extractor/*"]
+# What a Diffusers repo download needs: configs (and shard indexes), tokenizers and the full-precision weights, whole
+# or sharded (`diffusion_pytorch_model-00001-of-00003.safetensors`); never fp16 variants, the root-level single-file
+# copies (`flux1-dev.safetensors`, `ae.safetensors`), .bin duplicates or the SD1.5 safety checker.
+HUB_ALLOW = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model",
+             "*/diffusion_pytorch_model.safetensors", "*/diffusion_pytorch_model-*-of-*.safetensors",
+             "*/model.safetensors", "*/model-*-of-*.safetensors"]
+HUB_IGNORE = ["safety_checker/*", "feature_extractor/*", "*.fp16.*", "*fp16*.safetensors"]
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,32 @@ def test_released_base_frees_weights_and_handles_reload(models_dir):
     np.testing.assert_array_equal(engine.generate(h, "a boat", **SMALL), before)
     chained = h.with_lora(os.path.join(models_dir, "loras", "sdxl_kohya_b.safetensors"), 0.5)
     assert not chained.base.released and len(chained.loras) == 2
+
+
+def test_default_download_takes_every_shard_and_nothing_else():
+    """The Hub filter (huggingface_hub's own matcher) on FLUX.1-dev's real file list."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from aitk_pack.pipelines.sources import HUB_ALLOW, HUB_IGNORE
+
+    repo = ["model_index.json", "flux1-dev.safetensors", "ae.safetensors", "README.md", "dev_grid.jpg",
+            "scheduler/scheduler_config.json", "text_encoder/config.json", "text_encoder/model.safetensors",
+            "text_encoder_2/config.json", "text_encoder_2/model-00001-of-00002.safetensors",
+            "text_encoder_2/model-00002-of-00002.safetensors", "text_encoder_2/model.safetensors.index.json",
+            "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+            "tokenizer/vocab.json", "tokenizer_2/spiece.model", "tokenizer_2/tokenizer.json",
+            "tokenizer_2/tokenizer_config.json", "tokenizer_2/special_tokens_map.json",
+            "transformer/config.json", "transformer/diffusion_pytorch_model-00001-of-00003.safetensors",
+            "transformer/diffusion_pytorch_model-00002-of-00003.safetensors",
+            "transformer/diffusion_pytorch_model-00003-of-00003.safetensors",
+            "transformer/diffusion_pytorch_model.safetensors.index.json", "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors",
+            "unet/diffusion_pytorch_model.bin", "safety_checker/model.safetensors"]
+    got = set(filter_repo_objects(repo, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE))
+    assert {f for f in repo if "-of-0000" in f} <= got
+    assert "transformer/diffusion_pytorch_model.safetensors.index.json" in got
+    assert not got & {"flux1-dev.safetensors", "ae.safetensors", "README.md", "dev_grid.jpg",
+                      "vae/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.bin",
+                      "safety_checker/model.safetensors"}
+    assert {"text_encoder/model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+            "tokenizer_2/spiece.model", "tokenizer/vocab.json"} <= got
