@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -36,19 +37,26 @@ def source_folder(source) -> str:
     return hub_snapshot(source.location) if source.kind == "hub" else source.location
 
 
-def prepare_components(pipe, label, spec, dtype, device) -> None:
-    """Every module complete (nothing left on meta), in `dtype` on `device`, frozen, in eval mode."""
+@contextmanager
+def quiet_casts():
+    """`.to(dtype)` on Diffusers models warns about keep-in-fp32 lists that are empty here: silence it."""
     from diffusers.utils import logging as diffusers_logging
 
     level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # `.to(dtype)` warns about keep-in-fp32 lists that are empty here
+    diffusers_logging.set_verbosity_error()
     try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def prepare_components(pipe, label, spec, dtype, device) -> None:
+    """Every module complete (nothing left on meta), in `dtype` on `device`, frozen, in eval mode."""
+    with quiet_casts():
         for name, module in pipe.components.items():
             if not isinstance(module, torch.nn.Module):
                 continue
             prepare_module(module, name, label, spec, dtype, device)
-    finally:
-        diffusers_logging.set_verbosity(level)
 
 
 def prepare_module(module, name, label, spec, dtype, device) -> None:
@@ -105,9 +113,10 @@ def quantize_components(pipe, spec, qtype: str | None, dtype) -> list:
     from ..quantize import QuantizeRule, quantize_component
 
     reports = []
-    for name in spec.quant.components:
-        module = getattr(pipe, name, None)
-        if module is None:
-            continue
-        reports.append(quantize_component(module, qtype, dtype, spec.quant.rules.get(name, QuantizeRule())))
+    with quiet_casts():
+        for name in spec.quant.components:
+            module = getattr(pipe, name, None)
+            if module is None:
+                continue
+            reports.append(quantize_component(module, qtype, dtype, spec.quant.rules.get(name, QuantizeRule())))
     return reports
