@@ -210,3 +210,20 @@ def test_match_training_quantizes_like_the_preset(roots):
     assert handle.base.quantization == "qfloat8"
     unquantized = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots, quantization="none")
     assert unquantized.base is not handle.base and unquantized.base.quantization is None
+
+
+def test_steps_report_progress_and_live_previews_unpack_the_tokens(roots):
+    """`on_step` sees every step; FLUX's packed tokens become a [16, h, w] latent for the live preview."""
+    from aitk_pack.pipelines.preview import latent_to_image
+
+    handle = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots, quantization="none")
+    request = engine.build_request(handle.spec, PROMPT, width=96, height=64, steps=3, seed=7, guidance_scale=4.0)
+    seen = []
+    engine.render(handle, request, on_step=lambda step, total, latents: seen.append((step, total, latents)))
+    assert [(s, t) for s, t, _ in seen] == [(1, 3), (2, 3), (3, 3)]
+    latents = seen[-1][2]
+    assert latents.shape == (1, (96 // 16) * (64 // 16), 64)
+    unpacked = handle.base.family.preview_latents(handle.spec, latents, request)
+    assert unpacked.shape == (16, 64 // 8, 96 // 8)
+    image = latent_to_image(handle.spec, latents, 96, request)
+    assert image.size == (96, 64)

@@ -120,3 +120,15 @@ def quantize_components(pipe, spec, qtype: str | None, dtype) -> list:
                 continue
             reports.append(quantize_component(module, qtype, dtype, spec.quant.rules.get(name, QuantizeRule())))
     return reports
+
+
+def step_callback_kwargs(steps: int, on_step) -> dict:
+    """A Diffusers pipeline's `callback_on_step_end` arguments that call `on_step(step, total, latents)` after each
+    step (nothing when `on_step` is None)."""
+    if on_step is None:
+        return {}
+
+    def callback(_pipe, i, _t, tensors):
+        on_step(i + 1, steps, tensors.get("latents"))
+        return tensors
+    return dict(callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"])

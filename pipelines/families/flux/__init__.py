@@ -25,7 +25,7 @@ import torch
 
 from ...flowmatch import mu_for
 from ..base import Family
-from ..common import from_source, prepare_components, quantize_components
+from ..common import from_source, prepare_components, quantize_components, step_callback_kwargs
 from .bfl_names import bfl_names
 from .options import FluxOptions  # noqa: F401  (re-exported: the family's options)
 
@@ -105,12 +105,7 @@ class Flux(Family):
                           num_inference_steps=request.steps,
                           guidance_scale=spec.guidance.pipeline_value(request.guidance_scale),
                           generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np",
-                          **self.call_kwargs(spec, request))
-            if on_step is not None:
-                def callback(_pipe, i, _t, tensors):
-                    on_step(i + 1, request.steps, tensors.get("latents"))
-                    return tensors
-                kwargs.update(callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"])
+                          **self.call_kwargs(spec, request), **step_callback_kwargs(request.steps, on_step))
             return sampling(**kwargs).images
 
     def preview_latents(self, spec, latents, request):

@@ -23,7 +23,7 @@ import torch
 from ...lora.aliases import Alias, weighted_paths
 from ...sources import CONFIG_ROOT
 from ..base import Family
-from ..common import from_source, prepare_components
+from ..common import from_source, prepare_components, step_callback_kwargs
 from .sgm_names import sgm_unet_names
 
 CLIP_TOKENIZER_DIR = os.path.join(CONFIG_ROOT, "clip_tokenizer")
@@ -96,12 +96,7 @@ class StableDiffusion(Family):
                       width=request.width, num_inference_steps=request.steps,
                       guidance_scale=spec.guidance.pipeline_value(request.guidance_scale),
                       generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np",
-                      **self.call_kwargs(request))
-        if on_step is not None:
-            def callback(_pipe, i, _t, tensors):
-                on_step(i + 1, request.steps, tensors.get("latents"))
-                return tensors
-            kwargs.update(callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"])
+                      **self.call_kwargs(request), **step_callback_kwargs(request.steps, on_step))
         with torch.no_grad():
             return sampling(**kwargs).images
 
