@@ -227,3 +227,17 @@ def test_steps_report_progress_and_live_previews_unpack_the_tokens(roots):
     assert unpacked.shape == (16, 64 // 8, 96 // 8)
     image = latent_to_image(handle.spec, latents, 96, request)
     assert image.size == (96, 64)
+
+
+def test_wrong_family_files_are_refused_by_name(flux_models, roots, models_dir):
+    """An SDXL LoRA on FLUX.1 and a FLUX.1 LoRA on SDXL are refused at Apply, naming the file's model."""
+    from aitk_pack.pipelines.errors import LoraError
+
+    flux = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots, quantization="none")
+    sdxl_lora = os.path.join(models_dir, "loras", "sdxl_kohya.safetensors")
+    with pytest.raises(LoraError, match="Stable Diffusion XL"):
+        flux.with_lora(sdxl_lora, 1.0)
+    sdxl = engine.load("sdxl", base="tiny-sdxl", dtype="fp32", device="cpu",
+                       roots=ModelRoots(diffusers=(os.path.join(models_dir, "diffusers"),)))
+    with pytest.raises(LoraError, match="FLUX.1-dev LoRA"):
+        sdxl.with_lora(str(flux_models / "loras" / "flux_peft.safetensors"), 1.0)

@@ -14,13 +14,13 @@ from ..errors import LoraError
 from .files import LoraInfo, info_from, read_lora
 from .parse import LoraModule, parse_tensors
 
-# ai-toolkit / kohya `ss_base_model_version` values -> a family name for messages.
-KNOWN_BASE_VERSIONS = {
-    "sd_1.5": "SD 1.5", "sd_v1": "SD 1.5", "sd_2.1": "SD 2.1", "sd_v2": "SD 2.x", "sdxl_1.0": "SDXL",
-    "sdxl_base_v1-0": "SDXL", "ssd": "SSD-1B", "vega": "Vega", "flux.1": "FLUX.1", "flex.1": "Flex.1",
-    "lumina2": "Lumina2", "sd_3": "SD3", "pixart": "PixArt", "auraflow": "AuraFlow", "qwen_image": "Qwen-Image",
-    "zimage": "Z-Image", "wan_2.1": "Wan 2.1", "wan_2.2_14b": "Wan 2.2", "wan_2.2_5b": "Wan 2.2 5B",
-    "chroma": "Chroma", "flux.1_kontext": "FLUX.1-Kontext", "flex2": "Flex.2", "hidream_i1": "HiDream", "flux2": "FLUX.2", "omnigen2": "OmniGen2", "ltx2": "LTX-2",
+# `ss_base_model_version` values of families this pack has no registry entry for yet -> a name for messages (the
+# registry's own entries name theirs in `ModelSpec.base_versions`; `known_base_versions` joins both).
+OTHER_BASE_VERSIONS = {
+    "sd_2.1": "SD 2.1", "sd_v2": "SD 2.x", "ssd": "SSD-1B", "vega": "Vega", "lumina2": "Lumina2", "sd_3": "SD3",
+    "pixart": "PixArt", "auraflow": "AuraFlow", "qwen_image": "Qwen-Image", "zimage": "Z-Image", "wan_2.1": "Wan 2.1",
+    "wan_2.2_14b": "Wan 2.2", "wan_2.2_5b": "Wan 2.2 5B", "hidream_i1": "HiDream", "flux2": "FLUX.2",
+    "omnigen2": "OmniGen2", "ltx2": "LTX-2",
 }
 # Below this fraction of a file's modules applying (the rest matching no layer by name or by shape), the file is
 # refused as made for another model. An ai-toolkit file applies 100 % on its own base; the measured figures for
@@ -116,11 +116,22 @@ class BoundLora:
         return os.path.basename(self.path)
 
 
+def known_base_versions() -> dict:
+    """Every `ss_base_model_version` value the pack can name → the model's label."""
+    from ..registry import REGISTRY  # here: the registry imports the families, which import this package
+
+    names = dict(OTHER_BASE_VERSIONS)
+    for spec in REGISTRY.values():
+        for version in spec.base_versions:
+            names.setdefault(version.lower(), spec.label)
+    return names
+
+
 def _foreign_family(spec, info: LoraInfo) -> str | None:
     version = (info.base_model_version or "").strip().lower()
     if not version or version in {v.lower() for v in spec.base_versions}:
         return None
-    return KNOWN_BASE_VERSIONS.get(version)
+    return known_base_versions().get(version)
 
 
 def _guess_from_keys(keys) -> str | None:
