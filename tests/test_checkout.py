@@ -66,4 +66,5 @@ def test_pack_imports_from_a_hyphenated_folder_as_comfyui_imports_it(tmp_path):
             "print(sorted(module.NODE_CLASS_MAPPINGS), module.WEB_DIRECTORY)\n")
     run = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.strip() == "['AIToolkitSample', 'ApplyAIToolkitLoRA', 'LoadAIToolkitPipeline'] ./web"
+    assert run.stdout.strip() == ("['AIToolkitModelOptions', 'AIToolkitSample', 'ApplyAIToolkitLoRA', "
+                                  "'LoadAIToolkitPipeline'] ./web")

@@ -18,7 +18,8 @@ def test_node_class_mappings_is_a_literal_dict():
                if isinstance(t, ast.Name)}
     mapping = assigns["NODE_CLASS_MAPPINGS"]
     assert isinstance(mapping, ast.Dict)
-    assert [k.value for k in mapping.keys] == ["LoadAIToolkitPipeline", "ApplyAIToolkitLoRA", "AIToolkitSample"]
+    assert [k.value for k in mapping.keys] == ["LoadAIToolkitPipeline", "ApplyAIToolkitLoRA", "AIToolkitSample",
+                                              "AIToolkitModelOptions"]
     assert isinstance(assigns["WEB_DIRECTORY"], ast.Constant) and assigns["WEB_DIRECTORY"].value == "./web"
 
 
