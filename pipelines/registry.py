@@ -161,8 +161,9 @@ _SPECS += (
         controls=(ControlSlot("control_image", True, "the image to edit (ai-toolkit ctrl_img), resized to the "
                                                      "output size with BILINEAR as ai-toolkit does"),),
         base_versions=("flux.1_kontext", "flux.1"), workflow="FLUX.1 Kontext LoRA",
-        notes="FLUX.1 sampling with the control image as extra tokens; qfloat8 preset",
-        **_FLUX_COMMON),
+        notes="FLUX.1 sampling with the control image as extra tokens; qfloat8 preset; no attn_masking option "
+              "(FluxKontextModel.get_prompt_embeds has none)",
+        **dict(_FLUX_COMMON, options=None)),
 )
 
 # Flex.2-preview: ai-toolkit's own Flex2Pipeline (extensions_built_in/flex2), re-implemented in families/flux/flex2.py.

@@ -241,3 +241,30 @@ def test_wrong_family_files_are_refused_by_name(flux_models, roots, models_dir):
                        roots=ModelRoots(diffusers=(os.path.join(models_dir, "diffusers"),)))
     with pytest.raises(LoraError, match="FLUX.1-dev LoRA"):
         sdxl.with_lora(str(flux_models / "loras" / "flux_peft.safetensors"), 1.0)
+
+
+def test_nodes_with_options_and_a_control_image(flux_models, roots, monkeypatch):
+    """The node path: the options node's attn_masking and Kontext's control_image (an IMAGE as LoadImage gives it)
+    render the reference pixels."""
+    from tests.conftest import pack
+
+    monkeypatch.setenv("AITK_MODELS_DIR", str(flux_models))
+    load, apply, sample, options = (pack.NODE_CLASS_MAPPINGS[n]() for n in (
+        "LoadAIToolkitPipeline", "ApplyAIToolkitLoRA", "AIToolkitSample", "AIToolkitModelOptions"))
+    values = dict(prompt=PROMPT, negative_prompt="", trigger_word="", **SMALL)
+
+    def pixels(image):
+        return np.rint(image[0].numpy() * 255).astype(np.uint8)
+
+    (flux,) = load.load(model="flux", base="tiny-flux", dtype="fp32", device="cpu", quantization="none")
+    (masked,) = options.apply(pipeline=flux, attn_masking=True)
+    same(pixels(sample.sample(pipeline=masked, **values)[0]),
+         reference(flux_models, "flux", "fp32", attn_masking=True))
+    (kontext,) = load.load(model="flux_kontext", base="tiny-flux_kontext", dtype="fp32", device="cpu",
+                           quantization="none")
+    kontext = apply.apply(pipeline=kontext, lora_name="flux_kontext_peft.safetensors", strength=0.6)["result"][0]
+    image = torch.from_numpy(np.asarray(control_image(), dtype=np.float32) / 255.0)[None]
+    got = pixels(sample.sample(pipeline=kontext, control_image=image, **values)[0])
+    same(got, reference(flux_models, "flux_kontext", "fp32", [("flux_kontext_peft", 0.6)]))
+    with pytest.raises(Exception, match="no option"):
+        options.apply(pipeline=kontext, attn_masking=True)
