@@ -31,7 +31,7 @@ import torch
 from ..errors import ModelSourceError
 from ..lora.aliases import Alias
 from ..sources import CONFIG_ROOT, hub_snapshot
-from .common import from_source, prepare_components, quantize_components
+from .common import from_source, prepare_components, quantize_components, step_callback_kwargs
 from .flux import T5_MAX_LENGTH, Flux
 
 RMS_EPS = 1e-6  # chroma/src/layers.py:RMSNorm.forward -> F.rms_norm(eps=1e-6)
@@ -140,12 +140,8 @@ class Chroma(Flux):
                 kwargs.update(negative_prompt_embeds=neg_embeds, negative_prompt_attention_mask=neg_mask,
                               guidance_scale=spec.guidance.pipeline_value(request.guidance_scale))
             kwargs.update(height=height, width=width, num_inference_steps=request.steps,
-                          generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np")
-            if on_step is not None:
-                def callback(_pipe, i, _t, tensors):
-                    on_step(i + 1, request.steps, tensors.get("latents"))
-                    return tensors
-                kwargs.update(callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"])
+                          generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np",
+                          **step_callback_kwargs(request.steps, on_step))
             return sampling(**kwargs).images
 
 
