@@ -197,7 +197,7 @@ LORA_CASES = {
     "embedding_only": (lambda g, t, m: ({"emb_params": torch.randn(2, 32)}, None), "holds no LoRA weights"),
     "flux_lora_by_metadata": (lambda g, t, m: ({"transformer.x.lora_A.weight": torch.ones(4, 8),
                                                 "transformer.x.lora_B.weight": torch.ones(8, 4)},
-                                               {"ss_base_model_version": "flux.1"}), "FLUX.1 LoRA"),
+                                               {"ss_base_model_version": "flux.1"}), r"FLUX.1(-dev)? LoRA"),
     "bfl_keys_without_metadata": (lambda g, t, m: ({"diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight":
                                                     torch.ones(4, 8),
                                                     "diffusion_model.double_blocks.0.img_attn.qkv.lora_B.weight":
