@@ -8,11 +8,12 @@ chain order and rounded once.
 
 When the prompts of one ai-toolkit sample event use different multipliers (`--m`), ai-toolkit does not merge: each
 LoRA runs as an fp32 side branch added to the module's output in its dtype. `mode="branch"` reproduces that by
-wrapping each target's `forward` as ai-toolkit does (LoRA/LoCon modules; full-delta modules are merged either way).
+wrapping each target's `forward` as ai-toolkit does (LoRA/LoCon and LoKr modules; full-delta modules are merged either
+way; a LoKr Conv2d replaces the forward, as ai-toolkit's does: see lokr.py).
 
 On a quantized base ai-toolkit never merges (`BaseSDTrainProcess` sets `network.can_merge_in = False` when
 `model.quantize` is set, for every module of the network, quantized layer or not): `mode="quantized"` runs every
-LoRA and full-rank module as that fp32 branch over the (quanto) layer, whose weights are never written, and a
+LoRA, full-rank and LoKr module as that branch over the (quanto) layer, whose weights are never written, and a
 patcher built over components holding quantized layers uses it whatever mode is asked for. Full deltas cannot be
 added to quantized weights and are refused there.
 
@@ -28,9 +29,11 @@ import torch
 
 from ..errors import LoraError
 from ..quantize import is_quantized
+from . import lokr
 
 MODES = ("merge", "branch", "quantized")
-BRANCHED_KINDS = {"merge": (), "branch": ("lora",), "quantized": ("lora", "fullrank")}
+# ai-toolkit runs LoKr unmerged in both cases too (`LokrModule._call_forward`); see lokr.py.
+BRANCHED_KINDS = {"merge": (), "branch": ("lora", "lokr"), "quantized": ("lora", "fullrank", "lokr")}
 
 
 @contextmanager
@@ -123,17 +126,22 @@ class WeightPatcher:
                     raise LoraError(f"{lora_module.name} ({lora_module.kind}) cannot be merged into {comp}.{path}: "
                                     "that layer is quantized. Full-weight deltas are not supported on quantized "
                                     "bases; load the base without quantization.")
-                self._merge_param(comp, path, module, "weight", entries, lambda m, mult, dev: m.weight_term(mult, dev))
+                shape = tuple(module.weight.shape)  # a LoKr delta is reshaped to it
+                self._merge_param(comp, path, module, "weight", entries,
+                                  lambda m, mult, dev: m.weight_term(mult, dev, shape))
                 if any("diff_b" in m.tensors for m, _ in entries) and getattr(module, "bias", None) is not None:
                     self._merge_param(comp, path, module, "bias", entries, lambda m, mult, dev: m.bias_term(mult, dev))
 
     def _add_branches(self, module, entries) -> None:
         """Wrap the module's forward as ai-toolkit's `apply_to` does (an instance `forward`, removed on restore)."""
         terms = [m.branch(module, mult) for m, mult in entries]
+        # a LoKr Conv2d replaces the layer's forward (conv with W + delta) instead of adding to its output
+        replacing = [t for t in terms if getattr(t, "replaces_forward", False)]
+        terms = [t for t in terms if not getattr(t, "replaces_forward", False)]
         original = module.forward
 
         def forward(x, *args, **kwargs):
-            output = original(x, *args, **kwargs)
+            output = lokr.conv_forward(module, x, replacing) if replacing else original(x, *args, **kwargs)
             for term in terms:
                 output = output + term(x, output.dtype)
             return output
