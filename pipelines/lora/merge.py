@@ -8,11 +8,12 @@ chain order and rounded once.
 
 When the prompts of one ai-toolkit sample event use different multipliers (`--m`), ai-toolkit does not merge: each
 LoRA runs as an fp32 side branch added to the module's output in its dtype. `mode="branch"` reproduces that by
-wrapping each target's `forward` as ai-toolkit does (LoRA/LoCon modules; full-delta modules are merged either way).
+wrapping each target's `forward` as ai-toolkit does (LoRA/LoCon and LoKr modules; full-delta modules are merged either
+way; a LoKr Conv2d replaces the forward, as ai-toolkit's does: see lokr.py).
 
 On a quantized base ai-toolkit never merges (`BaseSDTrainProcess` sets `network.can_merge_in = False` when
 `model.quantize` is set, for every module of the network, quantized layer or not): `mode="quantized"` runs every
-LoRA and full-rank module as that fp32 branch over the (quanto) layer, whose weights are never written, and a
+LoRA, full-rank and LoKr module as that branch over the (quanto) layer, whose weights are never written, and a
 patcher built over components holding quantized layers uses it whatever mode is asked for. Full deltas cannot be
 added to quantized weights and are refused there.
 
@@ -28,9 +29,11 @@ import torch
 
 from ..errors import LoraError
 from ..quantize import is_quantized
+from . import lokr
 
 MODES = ("merge", "branch", "quantized")
-BRANCHED_KINDS = {"merge": (), "branch": ("lora",), "quantized": ("lora", "fullrank")}
+# ai-toolkit runs LoKr unmerged in both cases too (`LokrModule._call_forward`); see lokr.py.
+BRANCHED_KINDS = {"merge": (), "branch": ("lora", "lokr"), "quantized": ("lora", "fullrank", "lokr")}
 
 
 @contextmanager
@@ -123,21 +126,27 @@ class WeightPatcher:
                     raise LoraError(f"{lora_module.name} ({lora_module.kind}) cannot be merged into {comp}.{path}: "
                                     "that layer is quantized. Full-weight deltas are not supported on quantized "
                                     "bases; load the base without quantization.")
-                self._merge_param(comp, path, module, "weight", entries, lambda m, mult, dev: m.weight_term(mult, dev))
+                shape = tuple(module.weight.shape)  # a LoKr delta is reshaped to it (never for a row slice)
+                self._merge_param(comp, path, module, "weight", entries,
+                                  lambda t, mult, dev: t.module.weight_term(mult, dev, None if t.rows else shape))
                 if any("diff_b" in t.module.tensors for t, _ in entries) and getattr(module, "bias", None) is not None:
-                    self._merge_param(comp, path, module, "bias", entries, lambda m, mult, dev: m.bias_term(mult, dev))
+                    self._merge_param(comp, path, module, "bias", entries,
+                                      lambda t, mult, dev: t.module.bias_term(mult, dev))
 
     def _add_branches(self, module, entries) -> None:
         """Wrap the module's forward as ai-toolkit's `apply_to` does (an instance `forward`, removed on restore).
         A sliced target adds its rows of the branch output (the full product is computed, then sliced, as the
         fused layer would compute it) into its rows of the output."""
         terms = [(t.module.branch(module, mult), t.rows, t.into) for t, mult in entries]
+        # a LoKr Conv2d replaces the layer's forward (conv with W + delta) instead of adding to its output
+        replacing = [term for term, _, _ in terms if getattr(term, "replaces_forward", False)]
+        terms = [entry for entry in terms if not getattr(entry[0], "replaces_forward", False)]
         original = module.forward
         channel_dim = 1 if isinstance(module, torch.nn.Conv2d) or getattr(module, "weight", None) is not None and \
             module.weight.ndim == 4 else -1
 
         def forward(x, *args, **kwargs):
-            output = original(x, *args, **kwargs)
+            output = lokr.conv_forward(module, x, replacing) if replacing else original(x, *args, **kwargs)
             for term, rows, into in terms:
                 add = term(x, output.dtype)
                 if rows is not None:
@@ -159,7 +168,7 @@ class WeightPatcher:
             self.pristine[key] = param.detach().to("cpu", copy=True)
         acc = param.detach().float()
         for target, multiplier in entries:
-            add = term(target.module, multiplier, param.device)
+            add = term(target, multiplier, param.device)
             if add is None:
                 continue
             if target.rows is not None:

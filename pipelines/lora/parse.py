@@ -2,7 +2,8 @@
 
 Layouts: kohya (`<name>.lora_down.weight` / `.lora_up.weight` / `.alpha`, scale = alpha / rank), peft/Diffusers
 (`<name>.lora_A.weight` / `.lora_B.weight`, scale 1: ai-toolkit forces alpha = rank for peft files), ai-toolkit
-`fullrank` (a full `lora_down` with no `lora_up`), and full deltas (`.diff` / `.diff_b`). Every tensor ends up in
+`fullrank` (a full `lora_down` with no `lora_up`), full deltas (`.diff` / `.diff_b`), and LoKr (`.lokr_w1` /
+`.lokr_w2` or their `_a`/`_b` factors + `.alpha`; the math is `lokr.py`'s). Every tensor ends up in
 exactly one module or in `leftovers`, so the match report can account for all keys.
 
 The delta math is `toolkit/network_mixins.py:ToolkitModuleMixin.merge_in` written out: fp32 factors, linear
@@ -14,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
+from . import lokr
 
 _SUFFIXES = {
     ".lora_down.weight": "down", ".lora_up.weight": "up", ".lora_A.weight": "down", ".lora_B.weight": "up",
@@ -36,8 +39,10 @@ class LoraModule:
     @property
     def kind(self) -> str:
         t = self.tensors
-        if any(k.startswith("lokr") for k in t) or "hada" in t or "dora_scale" in t or "mid" in t:
+        if "hada" in t or "dora_scale" in t or "mid" in t:
             return "unsupported"
+        if any(k.startswith("lokr") for k in t):
+            return "lokr"
         if "diff" in t or "diff_b" in t:
             return "full"
         if "down" in t and "up" in t:
@@ -49,8 +54,6 @@ class LoraModule:
     @property
     def unsupported_reason(self) -> str:
         t = self.tensors
-        if any(k.startswith("lokr") for k in t):
-            return "LoKr modules are not supported yet"
         if "hada" in t:
             return "LoHa modules are not supported"
         if "dora_scale" in t:
@@ -77,6 +80,8 @@ class LoraModule:
         alpha = t.get("alpha")
         if alpha is not None and alpha.numel() != 1:
             return f"its alpha holds {alpha.numel()} values (shape {tuple(alpha.shape)}), not one number"
+        if self.kind == "lokr":
+            return lokr.problem(t)
         if self.kind != "lora":
             return None
         down, up = t["down"], t["up"]
@@ -95,6 +100,8 @@ class LoraModule:
     def first_non_finite(self) -> str | None:
         """The first key of this module holding NaN or Inf, or None."""
         for key in self.keys:
+            if self.kind == "lokr" and _match(key)[1] == "alpha" and not lokr.uses_alpha(self.tensors):
+                continue  # full w1 and w2: scale 1, the alpha (~1e10, inf in fp16 files) is never read
             tensor = self.tensors.get(_match(key)[1])
             if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 return key
@@ -106,6 +113,8 @@ class LoraModule:
             return not t["up"].any() or not t["down"].any()
         if self.kind == "fullrank":
             return not t["down"].any()
+        if self.kind == "lokr":
+            return lokr.is_zero(t)
         return not any(t[k].any() for k in ("diff", "diff_b") if k in t)
 
     def expected_shape(self) -> tuple | None:
@@ -118,13 +127,18 @@ class LoraModule:
             return (up.shape[0], down.shape[1], *down.shape[2:])
         if self.kind == "fullrank":
             return tuple(t["down"].shape)
+        if self.kind == "lokr":
+            return lokr.expected_shape(t)
         if "diff" in t:
             return tuple(t["diff"].shape)
         return None
 
-    def weight_term(self, multiplier: float, device) -> torch.Tensor:
-        """`multiplier * product * scale` in fp32 on `device`: the term ai-toolkit adds to the fp32 weight."""
+    def weight_term(self, multiplier: float, device, shape=None) -> torch.Tensor:
+        """`multiplier * product * scale` in fp32 on `device`: the term ai-toolkit adds to the fp32 weight (LoKr:
+        `lokr.weight_term`, reshaped to the target weight's `shape`)."""
         t = self.tensors
+        if self.kind == "lokr":
+            return lokr.weight_term(t, multiplier, device, shape, self.name)
         if self.kind == "full":
             return multiplier * t["diff"].to(device).float()
         down = t["down"].to(device).float().clone()  # ai-toolkit: `weight.clone().float()` (aligned copies)
@@ -143,7 +157,9 @@ class LoraModule:
         """ai-toolkit's unmerged forward for this LoRA on `module`: a function x -> the term added to the output,
         `((up(down(x.float())) * scale) * multiplier).to(out dtype)` (`ToolkitModuleMixin.forward`; a full-rank
         module has an identity `lora_up`). `module` may be a quantized layer: only its device and conv geometry
-        are read."""
+        are read. LoKr: `lokr.branch`."""
+        if self.kind == "lokr":
+            return lokr.branch(self.tensors, module, multiplier, self.name)
         device = module.weight.device
         # ai-toolkit's LoRA weights are trainable parameters while it samples; on CPU, F.linear on a non-contiguous
         # input (SDXL's proj_in) rounds differently with requires_grad set, so keep that flag as it has it.
