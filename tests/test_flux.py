@@ -43,11 +43,29 @@ def flux_models(tmp_path_factory):
         sd, meta = tiny_flux.flux_peft_lora(pipe.transformer, seed=11, model_id=model, trigger_word="ohwx")
         save_file(sd, str(root / "loras" / f"{model}_peft.safetensors"), metadata=meta)
         if model == "flux":
+            for form, dim in (("full", 10 ** 10), ("factor", 2)):  # ai-toolkit's full-rank default, factorised w2
+                sd = lokr_file(pipe.transformer, dim)
+                save_file(sd, str(root / "loras" / f"flux_lokr_{form}.safetensors"),
+                          metadata=tiny_flux.aitk_metadata(sd, model))
             sd, meta = tiny_flux.flux_bfl_lora(pipe.transformer, seed=12)
             save_file(sd, str(root / "loras" / "flux_bfl.safetensors"), metadata=meta)
             save_file(tiny_flux.bfl_to_peft(sd, pipe.transformer), str(root / "loras" / "flux_bfl_split.safetensors"),
                       metadata=meta)
     return root
+
+
+def lokr_file(transformer, lora_dim):
+    """ai-toolkit's FLUX LoKr layout (`network.type: lokr`, peft format for transformers): keys
+    `transformer.<path>.lokr_w1` / `.lokr_w2` (or `_a`/`_b`) and `.alpha` (kept for LoKr, `save_weights`)."""
+    from tests.fixtures.lokr_files import lokr_tensors
+
+    gen = torch.Generator().manual_seed(5)
+    sd = {}
+    for path in tiny_flux.aitk_target_modules(transformer):
+        for part, tensor in lokr_tensors(transformer.get_submodule(path), lora_dim, lora_dim, 4, gen=gen,
+                                         gain=0.6).items():
+            sd[f"transformer.{path}.{part}"] = tensor
+    return sd
 
 
 @pytest.fixture(scope="module")
@@ -268,3 +286,26 @@ def test_nodes_with_options_and_a_control_image(flux_models, roots, monkeypatch)
     same(got, reference(flux_models, "flux_kontext", "fp32", [("flux_kontext_peft", 0.6)]))
     with pytest.raises(Exception, match="no option"):
         options.apply(pipeline=kontext, attn_masking=True)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("form", ["full", "factor"])
+def test_lokr_files_match_the_merged_reference(flux_models, roots, form, dtype):
+    """LoKr in ai-toolkit's FLUX layout: every key applies, and the render equals the reference with
+    `(W.float() + m * kron(w1, w2) * scale).to(W.dtype)` merged by hand (the formula written in tests/test_lokr.py)."""
+    from tests.test_lokr import module_tensors, ref_delta
+
+    name = f"flux_lokr_{form}"
+    handle = engine.load("flux", base="tiny-flux", dtype=dtype, device="cpu", roots=roots, quantization="none")
+    with_lokr = engine.apply_lora(handle, f"{name}.safetensors", 0.8, roots=roots)
+    report = with_lokr.loras[-1].bound.report
+    assert report.applied_keys == report.total_keys and not report.warnings()
+    got = engine.generate(with_lokr, PROMPT, **SMALL)[0]
+    assert np.abs(got.astype(int) - engine.generate(handle, PROMPT, **SMALL)[0].astype(int)).max() > 5
+
+    parts = ref.load_parts(folder(flux_models, "flux"), "flux", DTYPES[dtype])
+    with torch.no_grad():
+        for key, t in module_tensors(load_file(str(flux_models / "loras" / f"{name}.safetensors"))).items():
+            layer = parts["transformer"].get_submodule(key[len("transformer."):])
+            layer.weight.copy_((layer.weight.float() + 0.8 * ref_delta(t, layer.weight.shape)).to(layer.weight.dtype))
+    same(got, ref.preview_flux(parts, PROMPT, SMALL["seed"], SMALL["steps"], SMALL["guidance_scale"], 64, 64))

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from aitk_pack.pipelines import engine, tiny
+from aitk_pack.pipelines import engine
+from tests.fixtures import tiny_sd as tiny
 from aitk_pack.pipelines.errors import LoraError
 from aitk_pack.pipelines.lora.parse import parse_tensors
 from tests import reference
