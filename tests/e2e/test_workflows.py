@@ -1,42 +1,54 @@
-"""The example workflows and the three nodes in a real ComfyUI, end to end.
+"""The example workflows and the contract nodes in a real ComfyUI, end to end, for every registry id.
 
 This module runs its own ComfyUI (module scope, `--preview-method latent2rgb`) whose environment holds a fake
-Hugging Face cache (HF_HUB_CACHE, HF_HUB_OFFLINE=1) with the tiny random sd15/sdxl Diffusers folders under the
-registry's real repo ids, so base "default" resolves offline exactly as it does for a user. Its `loras/` folder holds
-tiny fp32 LoRAs in ai-toolkit's layout and metadata under the names the example workflows use, plus a truncated file
-and a LoRA of the wrong family for the error checks.
+Hugging Face cache (HF_HUB_CACHE, HF_HUB_OFFLINE=1) with the tiny random Diffusers folder of every registry id
+(`tests/fixtures/tiny_models.TINY`) under the registry's real repo id (`ModelSpec.base_repo`), so base "default"
+resolves offline exactly as it does for a user. Its `loras/` folder holds tiny fp32 LoRAs in ai-toolkit's layout and
+metadata under the names the example workflows use, plus a truncated file and a LoRA of the wrong family for the
+error checks. Its `input/` folder holds a deterministic PNG under every name a LoadImage of the example workflows
+reads (FLUX.1 Kontext's control image; Flex.2's LoadImage is bypassed in its workflow).
 
 Every image is compared pixel for pixel with what the library (`aitk_pack.pipelines.engine`) renders in this test
-process for the same settings. The example workflows run unmodified (model-default sizes and steps, which take
-minutes on a CPU with the tiny models); everything else uses small prompts (64x64, a few steps).
+process for the same settings: the loader's `quantization` (the FLUX-family workflows load with "match training",
+i.e. ai-toolkit's qfloat8 preset through optimum-quanto) and the control images as ComfyUI's LoadImage reads them.
+
+Sizes: every API twin renders through POST /prompt at 64x64 and 4 steps. The example workflows are also run from the
+frontend (Run button): unmodified (model defaults: 1024x1024 / 30 steps for the FLUX family, which take minutes on a
+CPU even with the tiny models) for FULL_SIZE = sd15, sdxl and flux_kontext (the FLUX-family one, as it also
+exercises LoadImage); the other FLUX-family workflows run the same path with the sampler's width, height and steps
+set to 64x64 / 4 steps in the loaded workflow (`SMALL`), against their API twin with the same change.
 
 Environment:
-  AITK_UPDATE_DOCS=1   also write docs/screenshot.png (the SDXL run) and example_workflows/*.jpg (thumbnails) from the
-                       browser runs (CI leaves tracked files alone)
-  AITK_E2E_QUICK=1     skip the two full-size example renders (for quick local iterations)
+  AITK_UPDATE_DOCS=1   run every example workflow at full size and write docs/screenshot.png (the SDXL run) and
+                       example_workflows/*.jpg (thumbnails) from the browser runs (CI leaves tracked files alone)
+  AITK_E2E_QUICK=1     skip the full-size example renders (for quick local iterations)
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
+import shutil
 import struct
 import time
 import urllib.parse
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from comfy_harness import ComfyBrowser, ComfyServer, PromptError, browser_available, history_error
 from comfy_ws import WsListener, finished
-from PIL import Image
+from PIL import Image, ImageOps
 
+from aitk_pack.nodes.pipeline_nodes import CONTROL_INPUTS, LORA_MODES, comfy_to_pil
 from aitk_pack.pipelines import engine
-from tests.fixtures import tiny_sd as tiny
 from aitk_pack.pipelines.cache import CACHE
 from aitk_pack.pipelines.registry import REGISTRY, model_ids
 from aitk_pack.pipelines.sources import ModelRoots
+from tests.fixtures.tiny_models import TINY
 
 E2E_DIR = Path(__file__).resolve().parent
 REPO = E2E_DIR.parents[1]
@@ -49,21 +61,29 @@ QUICK = os.environ.get("AITK_E2E_QUICK") == "1"
 TRIGGER = "ohwx"
 WRONG_FAMILY = "sd15_lora_on_purpose_for_sdxl.safetensors"   # an sd15 LoRA the tests apply to sdxl
 TRUNCATED = "truncated_lora.safetensors"                      # half of a valid file, as after a broken copy
-FULL_RUN_TIMEOUT = 1500   # seconds for one model-default render through the server (about 2 min for tiny sdxl)
+FULL_RUN_TIMEOUT = 1500   # seconds for one model-default render through the server (minutes for the tiny models)
 SMALL = {"width": 64, "height": 64, "steps": 4}
+# Example workflows run unmodified through the frontend (the others at SMALL; see the module docstring)
+FULL_SIZE = ("sd15", "sdxl", "flux_kontext")
 # Frontend settings for the screenshots: no minimap, canvas statistics or source badges (they show the test folder)
 UI_SETTINGS = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
                "Comfy.NodeBadge.NodeSourceBadgeMode": "None"}
 CONTRACT_INPUTS = {
-    "LoadAIToolkitPipeline": (["model", "base", "dtype", "device"], []),
+    "LoadAIToolkitPipeline": (["model", "base", "dtype", "device"], ["quantization"]),
     "ApplyAIToolkitLoRA": (["pipeline", "lora_name", "strength"], []),
     "AIToolkitSample": (["pipeline", "prompt", "negative_prompt", "trigger_word", "width", "height", "seed", "steps",
-                         "guidance_scale"], ["control_image"]),
+                         "guidance_scale"], ["guidance_rescale", *CONTROL_INPUTS, "lora_mode"]),
+    "AIToolkitModelOptions": (["pipeline", "attn_masking"], []),
 }
-# AIToolkitSample inputs the library reference understands (an input not listed here fails the comparison, so a new
-# input that changes the picture cannot be ignored silently).
+# LoadAIToolkitPipeline / AIToolkitSample inputs the library reference understands (an input not listed here fails
+# the comparison, so a new input that changes the picture cannot be ignored silently).
+LOAD_VALUES = ("model", "base", "dtype", "device", "quantization")
 SAMPLE_VALUES = ("negative_prompt", "trigger_word", "width", "height", "seed", "steps", "guidance_scale",
                  "guidance_rescale")
+SAMPLE_OTHERS = ("pipeline", "prompt", "lora_mode", *CONTROL_INPUTS)
+# Sample widgets_values positions of width, height and steps in the UI format (after seed comes "control after
+# generate", a frontend-only widget)
+UI_SIZE_STEPS = {"width": 3, "height": 4, "steps": 7}
 
 
 # --- the example workflows and their API twins ---------------------------------------------------------------------
@@ -85,12 +105,14 @@ def workflow_model(ui: dict) -> str:
     return load["widgets_values"][0]
 
 
-def twin_path(ui_path: Path) -> Path:
-    """The committed API-format twin of an example workflow: tests/e2e/data/example_<model id>_api.json."""
-    return DATA / f"example_{workflow_model(load_json(ui_path))}_api.json"
+def workflow_path(model: str) -> Path:
+    """The example workflow the registry names for `model` (ModelSpec.workflow)."""
+    return WORKFLOWS / f"{REGISTRY[model].workflow}.json"
 
 
-WORKFLOW_IDS = [p.stem for p in example_workflows()]
+def twin_path(model: str) -> Path:
+    """The committed API-format twin of a model's example workflow: tests/e2e/data/example_<model id>_api.json."""
+    return DATA / f"example_{model}_api.json"
 
 
 def lora_files_used() -> dict[str, str]:
@@ -103,15 +125,28 @@ def lora_files_used() -> dict[str, str]:
     return used
 
 
+def input_images_used() -> list[str]:
+    """The file names every LoadImage of the example workflows reads (bypassed ones too: a user may enable them)."""
+    return sorted({n["widgets_values"][0] for p in example_workflows() for n in ui_nodes(load_json(p), "LoadImage")})
+
+
 def find(prompt: dict, class_type: str) -> str:
     [node_id] = [k for k, v in prompt.items() if v["class_type"] == class_type]
     return node_id
 
 
+def small_twin(model: str) -> dict:
+    """The model's API twin with the sampler at 64x64 and 4 steps (what the frontend makes of the example workflow
+    with those three widgets changed)."""
+    prompt = copy.deepcopy(load_json(twin_path(model)))
+    prompt[find(prompt, "AIToolkitSample")]["inputs"].update(SMALL)
+    return prompt
+
+
 def small_prompt(model: str, seed: int, **sample_inputs) -> dict:
     """The model's example workflow (API twin) at 64x64 and 4 steps, with `seed` and other sample inputs changed."""
-    prompt = copy.deepcopy(load_json(DATA / f"example_{model}_api.json"))
-    prompt[find(prompt, "AIToolkitSample")]["inputs"].update(SMALL, seed=seed, **sample_inputs)
+    prompt = small_twin(model)
+    prompt[find(prompt, "AIToolkitSample")]["inputs"].update(seed=seed, **sample_inputs)
     prompt[find(prompt, "SaveImage")]["inputs"]["filename_prefix"] = f"aitk_e2e/{model}"
     return prompt
 
@@ -124,39 +159,68 @@ def fresh_seed() -> int:
     return next(_seed)
 
 
-# --- models: a fake Hugging Face cache and a loras folder ----------------------------------------------------------
+# --- models: a fake Hugging Face cache, a loras folder and the input images ---------------------------------------
 
-def _save_lora(state_dict, path: Path, metadata: dict):
+def _save_lora(path: Path, lora: tuple[dict, dict]):
+    """Write a `TinyModel.lora` result (state dict, metadata)."""
     from safetensors.torch import save_file
 
+    state_dict, metadata = lora
     save_file(state_dict, str(path), metadata=metadata)
+
+
+def input_image(name: str) -> Image.Image:
+    """A deterministic 8-bit RGB picture for a LoadImage file name (not square and not at any output size, so
+    a model that resizes its control image really resizes it): gradients, a few blocks and noise."""
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    h, w = 88, 120
+    y, x = np.mgrid[0:h, 0:w]
+    pixels = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (w + h - 2)], -1).astype(np.int32)
+    for _ in range(4):
+        y0, x0 = rng.integers(0, h - 16), rng.integers(0, w - 16)
+        pixels[y0:y0 + 16, x0:x0 + 24] = rng.integers(0, 256, 3)
+    pixels += rng.integers(-12, 13, pixels.shape)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
+def read_like_load_image(path: Path) -> Image.Image:
+    """A file as ComfyUI's LoadImage reads it (EXIF transpose, RGB, float k/255) and as AIToolkitSample then turns
+    the IMAGE into PIL."""
+    with Image.open(path) as im:
+        rgb = ImageOps.exif_transpose(im).convert("RGB")
+    return comfy_to_pil(torch.from_numpy(np.asarray(rgb).astype(np.float32) / 255.0)[None])
 
 
 @pytest.fixture(scope="module")
 def e2e_models(tmp_path_factory):
-    """{"hub": fake HF cache, "models": folder with loras/} for the server and for the library in this process."""
+    """{"hub": fake HF cache, "models": folder with loras/, "loras", "input": LoadImage files} for the server and for
+    the library in this process."""
     root = tmp_path_factory.mktemp("aitk_workflows")
-    hub, loras = root / "hub", root / "models" / "loras"
+    hub, loras, inputs = root / "hub", root / "models" / "loras", root / "input"
     loras.mkdir(parents=True)
+    inputs.mkdir()
+    used = lora_files_used()
     pipes = {}
     for model in model_ids():
         repo = REGISTRY[model].base_repo
         entry = hub / ("models--" + repo.replace("/", "--"))
         revision = uuid.uuid5(uuid.NAMESPACE_URL, repo).hex[:40]
-        pipes[model] = tiny.BUILDERS[model](0)
-        pipes[model].save_pretrained(str(entry / "snapshots" / revision))
+        pipe = TINY[model].build()
+        TINY[model].save(str(entry / "snapshots" / revision), pipe)
         (entry / "refs").mkdir()
         (entry / "refs" / "main").write_text(revision)
-    used = lora_files_used()
-    assert set(used.values()) == set(model_ids()), f"example workflows per model: {used}"
+        if model == "sd15" or model in used.values():
+            pipes[model] = pipe
     for name, model in used.items():
-        stem = Path(name).stem
-        _save_lora(tiny.make_lora(pipes[model], model), loras / name, tiny.aitk_metadata(model, TRIGGER, stem))
-    _save_lora(tiny.make_lora(pipes["sd15"], "sd15", seed=3), loras / WRONG_FAMILY,
-               tiny.aitk_metadata("sd15", TRIGGER, Path(WRONG_FAMILY).stem))
+        _save_lora(loras / name, TINY[model].lora(pipes[model], trigger=TRIGGER, name=Path(name).stem))
+    _save_lora(loras / WRONG_FAMILY, TINY["sd15"].lora(pipes["sd15"], seed=3, trigger=TRIGGER,
+                                                       name=Path(WRONG_FAMILY).stem))
+    del pipes
     valid = (loras / next(iter(used))).read_bytes()
     (loras / TRUNCATED).write_bytes(valid[: len(valid) // 2])
-    return {"hub": root / "hub", "models": root / "models", "loras": loras}
+    for name in input_images_used():
+        input_image(name).save(inputs / name)
+    return {"hub": hub, "models": root / "models", "loras": loras, "input": inputs}
 
 
 # --- the server and the browser (module scope: this module needs its own server environment) ---------------------
@@ -185,6 +249,10 @@ def comfy_server(request, comfy_install, comfy_pack_dir, comfy_extra_args, comfy
     comfy_dir, python = comfy_install
     server = ComfyServer(comfy_dir, python, tmp_path_factory.mktemp("comfy-workflows"), comfy_pack_dir,
                          extra_args=comfy_extra_args, env=comfy_server_env)
+    # --base-directory: ComfyUI's input folder is <base>/input (LoadImage lists and reads it)
+    (server.base_dir / "input").mkdir(parents=True, exist_ok=True)
+    for src in e2e_models["input"].iterdir():
+        shutil.copy2(src, server.base_dir / "input" / src.name)
     server.start(timeout=300, models_dir=e2e_models["models"])
     for setting, value in UI_SETTINGS.items():  # this server's user only: a tidier screenshot
         server.post(f"/settings/{setting}", value)
@@ -212,13 +280,15 @@ def browser(request, comfy_server):
 class Library:
     """Renders an API-format prompt's AIToolkitSample through `pipelines.engine` directly (memoised)."""
 
-    def __init__(self, loras: Path):
+    def __init__(self, loras: Path, inputs: Path):
         self.roots = ModelRoots(loras=(str(loras),))
+        self.inputs = inputs
         self.images: dict[str, np.ndarray] = {}
         self.seconds: dict[str, float] = {}
 
     @staticmethod
-    def settings(prompt: dict) -> tuple[dict, list, dict]:
+    def settings(prompt: dict) -> tuple[dict, list, dict, dict]:
+        """(loader inputs, [(lora, strength)], sampler inputs, {control input: LoadImage file name})."""
         sample = prompt[find(prompt, "AIToolkitSample")]["inputs"]
         loras, link = [], sample["pipeline"]
         while prompt[link[0]]["class_type"] == "ApplyAIToolkitLoRA":
@@ -226,26 +296,39 @@ class Library:
             loras.insert(0, (inputs["lora_name"], inputs["strength"]))
             link = inputs["pipeline"]
         load = prompt[link[0]]
-        assert load["class_type"] == "LoadAIToolkitPipeline", load
-        return load["inputs"], loras, sample
+        assert load["class_type"] == "LoadAIToolkitPipeline", f"the library reference does not know {load}"
+        controls = {}
+        for name in CONTROL_INPUTS:
+            if name in sample:
+                node = prompt[sample[name][0]]
+                assert node["class_type"] == "LoadImage" and set(node["inputs"]) <= {"image", "upload"}, \
+                    f"the library reference does not know the {name} source {node}"
+                controls[name] = node["inputs"]["image"]
+        return load["inputs"], loras, sample, controls
 
     def image(self, prompt: dict) -> np.ndarray:
-        load, loras, sample = self.settings(prompt)
-        key = json.dumps([load, loras, {k: v for k, v in sample.items() if k != "pipeline"}], sort_keys=True)
+        load, loras, sample, controls = self.settings(prompt)
+        values = {k: v for k, v in sample.items() if k not in CONTROL_INPUTS and k != "pipeline"}
+        key = json.dumps([load, loras, values, controls], sort_keys=True)
         if key not in self.images:
-            unknown = set(sample) - set(SAMPLE_VALUES) - {"pipeline", "prompt", "lora_mode"}
+            unknown = set(load) - set(LOAD_VALUES)
+            assert not unknown, f"the library reference does not know the LoadAIToolkitPipeline inputs {unknown}"
+            unknown = set(sample) - set(SAMPLE_VALUES) - set(SAMPLE_OTHERS)
             assert not unknown, f"the library reference does not know the AIToolkitSample inputs {unknown}"
             options = {}
             if "lora_mode" in sample:
-                from aitk_pack.nodes.pipeline_nodes import LORA_MODES
                 options["lora_mode"] = LORA_MODES[sample["lora_mode"]]
             t0 = time.perf_counter()
             handle = engine.load(load["model"], base=load["base"], dtype=load["dtype"], device=load["device"],
-                                 roots=self.roots)
+                                 roots=self.roots, quantization=load.get("quantization", engine.MATCH_TRAINING))
             for name, strength in loras:
                 handle = engine.apply_lora(handle, name, strength, roots=self.roots)
+            # in the spec's slot order, as AIToolkitSample passes them (an image the model has no slot for is
+            # ignored, as the node ignores it)
+            images = tuple(read_like_load_image(self.inputs / controls[slot.name]) if slot.name in controls else None
+                           for slot in handle.spec.controls)
             values = {k: sample[k] for k in SAMPLE_VALUES if k in sample}
-            [image] = engine.generate(handle, sample["prompt"], **values, **options)
+            [image] = engine.generate(handle, sample["prompt"], **values, controls=images, **options)
             self.seconds[key] = time.perf_counter() - t0
             self.images[key] = image
         return self.images[key]
@@ -261,7 +344,7 @@ def library(e2e_models):
         mp.setenv("HF_HUB_CACHE", str(e2e_models["hub"]))
         mp.setenv("HF_HUB_OFFLINE", "1")
         _release_bases()  # no base cached by other tests under the same repo id
-        yield Library(e2e_models["loras"])
+        yield Library(e2e_models["loras"], e2e_models["input"])
         _release_bases()
 
 
@@ -314,15 +397,25 @@ def test_object_info_has_the_contract_inputs(comfy_server, e2e_models):
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{cls}.{name} has no tooltip"
         assert info[cls]["description"], cls
         assert info[cls]["display_name"] != cls, f"{cls} has no display name"
-    load, lora, sample = (info[c] for c in CONTRACT_INPUTS)
-    assert load["output"] == ["AITK_PIPELINE"] and lora["output"] == ["AITK_PIPELINE"] and sample["output"] == ["IMAGE"]
-    assert lora["input"]["required"]["pipeline"][0] == sample["input"]["required"]["pipeline"][0] == "AITK_PIPELINE"
+    load, lora, sample, options = (info[c] for c in CONTRACT_INPUTS)
+    assert load["output"] == lora["output"] == options["output"] == ["AITK_PIPELINE"]
+    assert sample["output"] == ["IMAGE"]
+    assert (lora["input"]["required"]["pipeline"][0] == sample["input"]["required"]["pipeline"][0]
+            == options["input"]["required"]["pipeline"][0] == "AITK_PIPELINE")
 
     required = load["input"]["required"]
     assert required["model"][0] == model_ids()
     assert "default" in required["base"][0]
     assert required["dtype"][0] == ["auto", "bf16", "fp16", "fp32"]
     assert required["device"][0] == ["auto", "cuda", "cpu"]
+    quantization = load["input"]["optional"]["quantization"]
+    assert quantization[0] == ["match training", "none", "qfloat8"], quantization[0]
+    assert quantization[1]["default"] == "match training"
+
+    for name in CONTROL_INPUTS:
+        assert sample["input"]["optional"][name][0] == "IMAGE", (name, sample["input"]["optional"][name])
+    attn_masking = options["input"]["required"]["attn_masking"]
+    assert attn_masking[0] == "BOOLEAN" and attn_masking[1]["default"] is False, attn_masking
 
     files = sorted(p.name for p in e2e_models["loras"].iterdir())
     assert set(files) <= set(lora["input"]["required"]["lora_name"][0]), lora["input"]["required"]["lora_name"][0]
@@ -340,16 +433,18 @@ def test_there_is_one_example_workflow_per_model_with_a_thumbnail():
     by_model = {}
     for path in example_workflows():
         ui = load_json(path)
-        by_model.setdefault(workflow_model(ui), []).append(path.name)
+        model = workflow_model(ui)
+        by_model.setdefault(model, []).append(path.name)
+        assert model in REGISTRY and REGISTRY[model].workflow == path.stem, (path.name, model)
         thumb = path.with_suffix(".jpg")
-        assert thumb.is_file(), f"{thumb.name} (thumbnail) is missing"
+        assert thumb.is_file(), f"{thumb.name} (thumbnail) is missing (AITK_UPDATE_DOCS=1 writes it)"
         with Image.open(thumb) as im:
             assert im.format == "JPEG" and 256 <= max(im.size) <= 1024, (thumb.name, im.format, im.size)
-        assert twin_path(path).is_file(), f"{path.name} has no API twin {twin_path(path).name}"
+        assert twin_path(model).is_file(), f"{path.name} has no API twin {twin_path(model).name}"
 
         [load], [lora], [sample], [save] = (ui_nodes(ui, t) for t in ("LoadAIToolkitPipeline", "ApplyAIToolkitLoRA",
                                                                        "AIToolkitSample", "SaveImage"))
-        assert load["widgets_values"][1:] == ["default", "auto", "auto"], path.name
+        assert load["widgets_values"][1:] == ["default", "auto", "auto", "match training"], path.name
         assert lora["widgets_values"][1] == 1.0, path.name
         prompt, negative, trigger, width, height, seed, control, steps, guidance = sample["widgets_values"][:9]
         assert "[trigger]" in prompt and trigger == TRIGGER, path.name
@@ -357,6 +452,11 @@ def test_there_is_one_example_workflow_per_model_with_a_thumbnail():
         assert save["widgets_values"][0].startswith("aitk/"), path.name
         notes = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] in ("Note", "MarkdownNote"))
         assert "trigger_word" in notes and "lora_name" in notes and "default" in notes, f"{path.name}: note"
+        # a required control image is wired to an active LoadImage
+        linked = {i["name"] for i in sample["inputs"] if i.get("link") is not None}
+        for slot in REGISTRY[model].controls:
+            if slot.required:
+                assert slot.name in linked, f"{path.name}: {slot.name} is not connected"
     assert sorted(by_model) == sorted(model_ids()) and all(len(v) == 1 for v in by_model.values()), by_model
 
 
@@ -411,35 +511,49 @@ def test_templates_menu_lists_the_workflows_with_thumbnails(comfy_server, browse
             sizes.append(["blob", *im.size])
     assert sorted(result["images"]) == sorted(sizes), "the cards do not show the thumbnails"
     for name in names:
-        assert result["prompts"][name] == load_json(twin_path(WORKFLOWS / f"{name}.json")), name
+        model = workflow_model(load_json(WORKFLOWS / f"{name}.json"))
+        assert result["prompts"][name] == load_json(twin_path(model)), name
 
 
-@pytest.mark.parametrize("workflow", example_workflows(), ids=WORKFLOW_IDS)
-def test_frontend_converts_each_workflow_to_its_api_twin(browser, workflow):
-    assert browser.ui_to_api(workflow) == load_json(twin_path(workflow))
+@pytest.mark.parametrize("model", model_ids())
+def test_frontend_converts_each_workflow_to_its_api_twin(browser, model):
+    assert browser.ui_to_api(workflow_path(model)) == load_json(twin_path(model))
 
 
-@pytest.mark.skipif(QUICK, reason="AITK_E2E_QUICK=1: full-size example renders skipped")
-@pytest.mark.parametrize("workflow", example_workflows(), ids=WORKFLOW_IDS)
-def test_example_workflow_runs_unmodified_in_the_frontend(comfy_server, browser, library, e2e_artifacts_dir,
-                                                          workflow):
-    """Loaded and run as a user would (Run button), at ai-toolkit's model defaults; the saved PNG is exactly what
-    the library renders for the same settings."""
+def _full_size(model: str) -> bool:
+    return model in FULL_SIZE or UPDATE_DOCS
+
+
+@pytest.mark.parametrize("model", [
+    pytest.param(m, marks=pytest.mark.skipif(QUICK and _full_size(m), reason="AITK_E2E_QUICK=1: full-size example "
+                                                                             "renders skipped"))
+    for m in model_ids()])
+def test_example_workflow_runs_in_the_frontend(comfy_server, browser, library, e2e_artifacts_dir, model):
+    """Loaded and run as a user would (Run button): unmodified at ai-toolkit's model defaults (FULL_SIZE), the
+    others with the sampler's width, height and steps set to SMALL in the loaded workflow; the saved PNG is exactly
+    what the library renders for the same settings."""
+    workflow = workflow_path(model)
+    full = _full_size(model)
+    ui = load_json(workflow)
+    twin = load_json(twin_path(model)) if full else small_twin(model)
+    if not full:
+        [sample] = ui_nodes(ui, "AIToolkitSample")
+        for name, index in UI_SIZE_STEPS.items():
+            sample["widgets_values"][index] = SMALL[name]
     shot = e2e_artifacts_dir / f"workflow_{workflow.stem.replace(' ', '_')}.png"
     t0 = time.perf_counter()
-    result = browser.run(workflow, shot, timeout=FULL_RUN_TIMEOUT)
+    result = browser.run(ui, shot, timeout=FULL_RUN_TIMEOUT)
     server_seconds = time.perf_counter() - t0
     assert result["ok"] and result["queued_via"] == "run-button", result
     entry = comfy_server.get(f"/history/{result['prompt_id']}")[result["prompt_id"]]
-    twin = load_json(twin_path(workflow))
     assert entry["prompt"][2] == twin, "the frontend queued another prompt than the API twin"
     assert find(twin, "AIToolkitSample") not in cached_nodes(entry), "the sampler did not run (output cache)"
     saved = saved_image(comfy_server, entry)
     t0 = time.perf_counter()
     expected = library.image(twin)
     library_seconds = time.perf_counter() - t0
-    print(f"\n{workflow.stem}: {saved.shape[1]}x{saved.shape[0]}, browser run {server_seconds:.1f}s, "
-          f"library {library_seconds:.1f}s; screenshot {shot}")
+    print(f"\n{workflow.stem}: {saved.shape[1]}x{saved.shape[0]}{'' if full else ' (SMALL)'}, browser run "
+          f"{server_seconds:.1f}s, library {library_seconds:.1f}s; screenshot {shot}")
     assert_same_pixels(saved, expected, f"{workflow.name} through the frontend")
     assert shot.is_file()
     if UPDATE_DOCS:
@@ -464,19 +578,17 @@ def write_docs(workflow: Path, shot: Path):
             im.save(DOCS / "screenshot.png", optimize=True)
 
 
-@pytest.mark.parametrize("workflow", example_workflows(), ids=WORKFLOW_IDS)
-def test_api_twin_renders_through_post_prompt(comfy_server, library, workflow):
+@pytest.mark.parametrize("model", model_ids())
+def test_api_twin_renders_through_post_prompt(comfy_server, library, model):
     """The committed API twin, at 64x64 and 4 steps (a new seed, so it really renders), gives the library's image."""
-    twin = load_json(twin_path(workflow))
-    model = workflow_model(load_json(workflow))
-    prompt = copy.deepcopy(twin)
-    prompt[find(prompt, "AIToolkitSample")]["inputs"].update(SMALL, seed=fresh_seed())
+    prompt = small_twin(model)
+    prompt[find(prompt, "AIToolkitSample")]["inputs"]["seed"] = fresh_seed()
     entry = comfy_server.run_prompt(prompt, timeout=300)
     assert_success(entry)
     assert find(prompt, "AIToolkitSample") not in cached_nodes(entry)
     saved = saved_image(comfy_server, entry)
     assert saved.shape == (64, 64, 3)
-    assert_same_pixels(saved, library.image(prompt), f"{workflow.name} API twin at 64x64, 4 steps ({model})")
+    assert_same_pixels(saved, library.image(prompt), f"{twin_path(model).name} at 64x64, 4 steps")
 
 
 # --- errors ---------------------------------------------------------------------------------------------------------
