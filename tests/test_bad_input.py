@@ -29,7 +29,9 @@ from aitk_pack.pipelines.errors import AitkError, Interrupted, RenderError
 from aitk_pack.pipelines.registry import REGISTRY
 from tests.conftest import ROOT
 
-MODELS = list(REGISTRY)
+# The models whose kohya-layout files the shared conftest builds (the cases below edit kohya keys); the FLUX family's
+# bad input is in tests/test_flux.py.
+MODELS = [m for m in REGISTRY if m in ("sd15", "sdxl")]
 SMALL = dict(prompt="a cat", negative_prompt="", trigger_word="", width=64, height=64, seed=5, steps=3,
              guidance_scale=6.0)
 

@@ -309,3 +309,38 @@ def test_lokr_files_match_the_merged_reference(flux_models, roots, form, dtype):
             layer = parts["transformer"].get_submodule(key[len("transformer."):])
             layer.weight.copy_((layer.weight.float() + 0.8 * ref_delta(t, layer.weight.shape)).to(layer.weight.dtype))
     same(got, ref.preview_flux(parts, PROMPT, SMALL["seed"], SMALL["steps"], SMALL["guidance_scale"], 64, 64))
+
+
+def test_bad_input_names_the_input_and_leaves_the_base_as_it_was(flux_models, roots, tmp_path):
+    """Bad FLUX-family input: each error names the input and says what to do; the cached base (and a handle with a
+    LoRA) render exactly as before afterwards."""
+    from aitk_pack.pipelines.errors import AitkError, InputError, LoraError, QuantizationError
+
+    handle = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots, quantization="none")
+    with_lora = engine.apply_lora(handle, "flux_peft.safetensors", 1.0, roots=roots)
+    before = (engine.generate(handle, PROMPT, **SMALL)[0], engine.generate(with_lora, PROMPT, **SMALL)[0])
+    loras = flux_models / "loras"
+    good = (loras / "flux_peft.safetensors").read_bytes()
+    (loras / "bad_truncated.safetensors").write_bytes(good[: len(good) // 2])
+    sd = load_file(str(loras / "flux_peft.safetensors"))
+    sd[sorted(sd)[0]][0, 0] = float("nan")
+    save_file(sd, str(loras / "bad_nan.safetensors"))
+    cases = [
+        (lambda: engine.apply_lora(handle, "bad_truncated.safetensors", 1.0, roots=roots), LoraError,
+         "bad_truncated.safetensors"),
+        (lambda: engine.apply_lora(handle, "bad_nan.safetensors", 1.0, roots=roots), LoraError, "NaN"),
+        (lambda: engine.generate(with_lora, PROMPT + " --m nan", **SMALL), InputError, "--m"),
+        (lambda: engine.generate(with_lora, PROMPT, **dict(SMALL, width=32)), InputError, "width"),
+        (lambda: engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots,
+                             quantization="uint4"), QuantizationError, "uint4"),
+        (lambda: engine.load("flux", base="no-such-base", dtype="fp32", device="cpu", roots=roots), AitkError,
+         "no-such-base"),
+        (lambda: engine.load("sdxl", base="tiny-flux", dtype="fp32", device="cpu", roots=roots), AitkError,
+         "FluxPipeline"),
+    ]
+    for call, kind, named in cases:
+        with pytest.raises(kind) as err:
+            call()
+        assert named in str(err.value), str(err.value)
+    same(engine.generate(handle, PROMPT, **SMALL)[0], before[0])
+    same(engine.generate(with_lora, PROMPT, **SMALL)[0], before[1])

@@ -343,3 +343,18 @@ def test_the_pack_never_imports_optimum_quanto_unasked():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_quantization_choice_per_model():
+    """"match training" is the preset's qtype; SD is never quantized by ai-toolkit, so asking for it is refused."""
+    from aitk_pack.pipelines import engine
+    from aitk_pack.pipelines.errors import QuantizationError
+    from aitk_pack.pipelines.registry import get_spec
+
+    assert engine.pick_quantization(get_spec("flux"), "match training") == "qfloat8"
+    assert engine.pick_quantization(get_spec("flux"), "none") is None
+    assert engine.pick_quantization(get_spec("sdxl"), "match training") is None
+    with pytest.raises(QuantizationError, match="never quantized"):
+        engine.pick_quantization(get_spec("sdxl"), "qfloat8")
+    with pytest.raises(QuantizationError, match="Choose one of: match training, none, qfloat8"):
+        engine.pick_quantization(get_spec("flux"), "float8")
