@@ -9,7 +9,7 @@ import os
 import sys
 
 NEEDED = {"diffusers": "diffusers>=0.35.0", "transformers": "transformers>=4.46.0", "safetensors": "safetensors>=0.4.3",
-          "huggingface_hub": "huggingface_hub>=0.25.0", "accelerate": "accelerate>=0.33.0"}
+          "huggingface_hub": "huggingface_hub>=0.25.0", "accelerate": "accelerate>=0.33.0", "yaml": "pyyaml>=5.1"}
 
 
 def main() -> int:

@@ -79,8 +79,10 @@ class LoadAIToolkitPipeline:
         }, "optional": {
             "quantization": (engine.quantization_choices(), {
                 "default": engine.MATCH_TRAINING,
-                "tooltip": "match training: the quantization ai-toolkit's UI preset trains (and so previews) with, "
-                           f"since LoRA files do not record it ({_QUANT_PRESETS}; every other model unquantized). "
+                "tooltip": "match training: the quantization of your training run when its config.yaml sits beside "
+                           "the LoRA file (as ai-toolkit saves it), else the one ai-toolkit's UI preset trains (and "
+                           f"so previews) with ({_QUANT_PRESETS}; every other model unquantized), since LoRA files "
+                           "do not record it. "
                            "qfloat8: optimum-quanto float8 weights as ai-toolkit makes them (needs the "
                            "optimum-quanto package); the LoRA then runs unmerged in fp32, as in ai-toolkit. none: "
                            "full-precision weights (a different picture from a quantized preview)."}),

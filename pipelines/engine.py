@@ -27,6 +27,7 @@ from .quantize import QTYPES, resolve_qtype
 from .registry import floor_size, get_spec
 from .request import Render, SampleRequest
 from .sources import ModelRoots, resolve_base, resolve_lora
+from .training_config import find_training_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MAX_SIDE = 8192
@@ -84,6 +85,10 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+MATCH_TRAINING = "match training"
+NO_QUANTIZATION = "none"
+
+
 @dataclass(frozen=True)
 class LoraLink:
     bound: BoundLora
@@ -94,22 +99,30 @@ class LoraLink:
 class PipelineHandle:
     base: LoadedBase
     loras: tuple = ()   # LoraLink, in chain order
+    options: tuple = ()  # (name, value) overrides of the model's family options
+    quantization: str = MATCH_TRAINING   # as asked at load; "match training" may follow a LoRA's training config
 
     @property
     def spec(self):
         return self.base.spec
 
     def with_lora(self, path: str, strength: float = 1.0) -> "PipelineHandle":
-        """A new handle with one more LoRA. The file is read and matched now, so errors surface here."""
+        """A new handle with one more LoRA. The file is read and matched now, so errors surface here.
+
+        With quantization "match training", the first LoRA whose training run left its `config.yaml` beside it
+        decides the base's quantization (ai-toolkit's metadata does not record it): a base quantized otherwise is
+        swapped for the matching one, and the report says so."""
         strength = check_number("LoRA strength", strength, -MAX_STRENGTH, MAX_STRENGTH,
                                 " 1.0 renders the LoRA as trained.")
         base, chain = _live(self)
+        note = None
+        if self.quantization == MATCH_TRAINING and not chain:
+            base, note = _match_training_quantization(base, path)
         links = tuple(LoraLink(bound, s) for bound, s in chain)
-        return replace(self, base=base, loras=links + (LoraLink(bind(base, path), strength),))
-
-
-
-    options: tuple = ()  # (name, value) overrides of the model's family options
+        bound = bind(base, path)
+        if note and note not in bound.report.notes:
+            bound.report.notes.append(note)
+        return replace(self, base=base, loras=links + (LoraLink(bound, strength),))
 
     def reports(self) -> list:
         return [link.bound.report for link in self.loras]
@@ -130,6 +143,27 @@ class PipelineHandle:
 
 
 _LAST_READ: dict = {}  # LoRA real path -> (path, mtime, size) when it was last read, for any base
+
+
+def _match_training_quantization(base: LoadedBase, lora_path: str):
+    """(base, note): the base quantized as the LoRA's training config says, when one is beside the file."""
+    config = find_training_config(lora_path)
+    if config is None or not base.spec.quant.components:
+        return base, None
+    qtype = config.quantization
+    where = f"its training config ({os.path.basename(os.path.dirname(config.path))}/config.yaml)"
+    if qtype == base.quantization:
+        return base, f"quantization {qtype or 'none'}, as {where} says"
+    if qtype is not None:
+        try:
+            resolve_qtype(qtype)
+        except QuantizationError as exc:
+            raise QuantizationError(f"{os.path.basename(lora_path)} was trained on a {qtype} base ({where}); "
+                                    f"{exc} Choose quantization \"none\" or \"qfloat8\" on the loader to "
+                                    "render anyway.") from None
+    swapped = CACHE.get(base.spec, base.source, base.dtype, base.device, qtype)
+    return swapped, (f"quantization {qtype or 'none'} instead of the preset's {base.quantization or 'none'}, "
+                     f"as {where} says")
 
 
 def bind(base: LoadedBase, path: str) -> BoundLora:
@@ -154,8 +188,6 @@ def bind(base: LoadedBase, path: str) -> BoundLora:
         return bound
 
 
-MATCH_TRAINING = "match training"
-NO_QUANTIZATION = "none"
 
 
 def quantization_choices() -> list[str]:
@@ -188,7 +220,8 @@ def load(model: str, base: str = "default", dtype: str = "auto", device: str = "
     device = pick_device(device)
     qtype = pick_quantization(spec, quantization)
     source = resolve_base(spec, base, roots or ModelRoots.from_env())
-    return PipelineHandle(CACHE.get(spec, source, pick_dtype(dtype, device), device, qtype))
+    return PipelineHandle(CACHE.get(spec, source, pick_dtype(dtype, device), device, qtype),
+                          quantization=quantization or MATCH_TRAINING)
 
 
 def apply_lora(handle: PipelineHandle, name: str, strength: float = 1.0,

@@ -344,3 +344,49 @@ def test_bad_input_names_the_input_and_leaves_the_base_as_it_was(flux_models, ro
         assert named in str(err.value), str(err.value)
     same(engine.generate(handle, PROMPT, **SMALL)[0], before[0])
     same(engine.generate(with_lora, PROMPT, **SMALL)[0], before[1])
+
+
+def _job_folder(flux_models, tmp_path, name, quantize):
+    """An ai-toolkit training folder: `<name>/config.yaml` (the job config) and `<name>/<name>_000000250.safetensors`."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "loras" / name
+    run.mkdir(parents=True)
+    shutil.copy(flux_models / "loras" / "flux_peft.safetensors", run / f"{name}_000000250.safetensors")
+    model = {"name_or_path": "black-forest-labs/FLUX.1-dev", "arch": "flux", "quantize": quantize}
+    if quantize:
+        model["qtype"] = "qfloat8"
+    (run / "config.yaml").write_text(yaml.safe_dump({"job": "extension", "config": {
+        "name": name, "process": [{"type": "sd_trainer", "model": model}]}}))
+    return ModelRoots(diffusers=(str(flux_models / "diffusers"),), loras=(str(tmp_path / "loras"),))
+
+
+def test_match_training_follows_the_runs_config_yaml(flux_models, tmp_path):
+    """ai-toolkit saves the job's config.yaml beside the checkpoints; with "match training" it decides the base's
+    quantization (the LoRA's metadata does not record it), and the report says so."""
+    pytest.importorskip("optimum.quanto")
+    roots = _job_folder(flux_models, tmp_path, "my_run", quantize=False)
+    handle = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots)
+    assert handle.base.quantization == "qfloat8"  # the preset, until a LoRA says otherwise
+    lora = engine.apply_lora(handle, "my_run/my_run_000000250.safetensors", 1.0, roots=roots)
+    assert lora.base.quantization is None
+    assert any("quantization none" in n and "config.yaml" in n for n in lora.loras[-1].bound.report.notes)
+    same(engine.generate(lora, PROMPT, **SMALL)[0],
+         reference(flux_models, "flux", "fp32", [("flux_peft", 1.0)]))
+    explicit = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots,
+                           quantization="qfloat8")
+    assert engine.apply_lora(explicit, "my_run/my_run_000000250.safetensors", 1.0,
+                             roots=roots).base.quantization == "qfloat8", "an explicit choice wins"
+
+
+def test_an_unrelated_config_yaml_is_ignored(flux_models, tmp_path):
+    roots = _job_folder(flux_models, tmp_path, "other_job", quantize=False)
+    os.rename(tmp_path / "loras" / "other_job" / "other_job_000000250.safetensors",
+              tmp_path / "loras" / "other_job" / "renamed.safetensors")
+    handle = engine.load("flux", base="tiny-flux", dtype="fp32", device="cpu", roots=roots, quantization="none")
+    from aitk_pack.pipelines.training_config import find_training_config
+
+    assert find_training_config(str(tmp_path / "loras" / "other_job" / "renamed.safetensors")) is None
+    assert engine.apply_lora(handle, "other_job/renamed.safetensors", 1.0, roots=roots).base is handle.base
