@@ -83,7 +83,7 @@ def test_wrong_family_by_metadata(models_dir, base_and_pixels, scratch, nodes):
              "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.ones(8, 4)}
     name = _save(models_dir, scratch, "flux_lora.safetensors", state, {"ss_base_model_version": "flux.1",
                                                                       "software": json.dumps({"name": "ai-toolkit"})})
-    with pytest.raises(LoraError, match=r"FLUX\.1 LoRA .*pipeline is Stable Diffusion XL"):
+    with pytest.raises(LoraError, match=r"FLUX\.1-dev LoRA .*pipeline is Stable Diffusion XL"):
         nodes[1].apply(pipeline=base_and_pixels[0], lora_name=name, strength=1.0)
     assert_unchanged(base_and_pixels)
 
@@ -98,7 +98,7 @@ def test_wrong_family_by_keys(models_dir, base_and_pixels, scratch, nodes):
 
 
 def test_sd15_lora_on_sdxl(models_dir, base_and_pixels, nodes):
-    with pytest.raises(LoraError, match="SD 1.5 LoRA"):
+    with pytest.raises(LoraError, match="Stable Diffusion 1.5 LoRA"):
         nodes[1].apply(pipeline=base_and_pixels[0], lora_name="sd15_kohya.safetensors", strength=1.0)
     assert_unchanged(base_and_pixels)
 
