@@ -52,6 +52,7 @@ class ModelSpec:
     scheduler: SchedulerSpec
     lora: LoraLayout
     variant: str = ""
+    compatible_pipelines: tuple[str, ...] = ()  # other model_index classes whose folders hold the same parts
     size: SizeRule = SizeRule()
     guidance: GuidanceSpec = GuidanceSpec()
     media: MediaSpec = MediaSpec()
@@ -140,7 +141,7 @@ _FLUX_LORA = LoraLayout(
     peft_prefixes=MappingProxyType({"transformer": "transformer", "diffusion_model": "transformer",
                                     "text_encoder": "text_encoder"}),
 )
-_FLUX_COMMON = dict(family="flux", defaults=_FLOW_DEFAULTS, scheduler=_FLUX_SCHEDULER, lora=_FLUX_LORA,
+_FLUX_COMMON = dict(family="flux", compatible_pipelines=("FluxPipeline", "FluxKontextPipeline"), defaults=_FLOW_DEFAULTS, scheduler=_FLUX_SCHEDULER, lora=_FLUX_LORA,
                     size=_FLUX_SIZE, guidance=GuidanceSpec("embedded"), quant=_FLUX_QUANT, preview=_FLUX_PREVIEW,
                     options=FluxOptions())
 

@@ -113,11 +113,12 @@ def _check_folder_model(spec, name: str, folder: str) -> None:
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"Base {name!r}: its model_index.json cannot be read ({exc}). Download or save the "
                                "Diffusers folder again.") from None
-    if not isinstance(cls, str) or cls == spec.pipeline_class:
+    if not isinstance(cls, str) or cls == spec.pipeline_class or cls in spec.compatible_pipelines:
         return
     from .registry import REGISTRY  # here: the registry's family data imports this module
 
-    ids = ", ".join(other.id for other in REGISTRY.values() if other.pipeline_class == cls)
+    ids = ", ".join(other.id for other in REGISTRY.values()
+                    if other.pipeline_class == cls or cls in other.compatible_pipelines)
     pick = f"pick model {ids} for it" if ids else "no model id of this pack uses that pipeline"
     raise ModelSourceError(f"Base {name!r} is a {cls} folder (its model_index.json says so), not a {spec.label} "
                            f"({spec.pipeline_class}) one: {pick}, or choose a {spec.label} base for {spec.id}.")

@@ -390,3 +390,17 @@ def test_an_unrelated_config_yaml_is_ignored(flux_models, tmp_path):
 
     assert find_training_config(str(tmp_path / "loras" / "other_job" / "renamed.safetensors")) is None
     assert engine.apply_lora(handle, "other_job/renamed.safetensors", 1.0, roots=roots).base is handle.base
+
+
+def test_folders_of_the_same_parts_load_as_either_flux_pipeline(flux_models, roots, tmp_path):
+    """A FluxPipeline folder loads as Kontext (ai-toolkit reads the parts, not model_index.json) and renders with a
+    control image; a Flex.2 folder (196 input channels) loaded as FLUX.1 is refused, naming flex2."""
+    from aitk_pack.pipelines.errors import ModelSourceError
+
+    kontext = engine.load("flux_kontext", base="tiny-flux", dtype="fp32", device="cpu", roots=roots,
+                          quantization="none")
+    assert engine.generate(kontext, PROMPT, controls=(control_image(),), **SMALL)[0].std() > 5
+    tiny_flux.save("flex2", str(tmp_path / "diffusers" / "tiny-flex2"))
+    flex_roots = ModelRoots(diffusers=(str(tmp_path / "diffusers"),))
+    with pytest.raises(ModelSourceError, match="flex2"):
+        engine.load("flux", base="tiny-flex2", dtype="fp32", device="cpu", roots=flex_roots, quantization="none")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import torch
 
+from ...errors import ModelSourceError
 from ...flowmatch import mu_for
 from ..base import Family
 from ..common import from_source, prepare_components, quantize_components, step_callback_kwargs
@@ -62,9 +63,18 @@ class Flux(Family):
     parts = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "transformer")
 
     # ---- loading -------------------------------------------------------------------------------------------
+    #: packed input channels of the transformer (16 latent channels x 2 x 2); Flex.2's is 196
+    in_channels = 64
+
     def load(self, spec, source, dtype, device, quantization=None):
         pipe = from_source(_class(self.pipeline_class), spec, source, scheduler=self.scheduler(spec))
-        prepare_components(pipe, os.path.basename(source.location), spec, dtype, device)
+        label = os.path.basename(source.location)
+        channels = pipe.transformer.config.in_channels
+        if channels != self.in_channels:
+            raise ModelSourceError(
+                f"{label}: its transformer takes {channels} input channels, not {spec.label}'s {self.in_channels}"
+                + (" (196 is Flex.2: pick model flex2 for it)." if channels == 196 else "; pick the model it is."))
+        prepare_components(pipe, label, spec, dtype, device)
         quantize_components(pipe, spec, quantization, dtype)
         return pipe
 
