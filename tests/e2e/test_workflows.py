@@ -489,10 +489,26 @@ def test_templates_menu_lists_the_workflows_with_thumbnails(comfy_server, browse
     };
     const dialog = await open();
     const result = {titles: names.filter((n) => byText(dialog, n)), prompts: {}};
-    // the cards fetch their thumbnails and show them as blob: URLs (the fallback is a 224x224 default image)
+    // the cards fetch their thumbnails and show them as blob: URLs (the fallback is a 224x224 default image); the
+    // grid renders the images of the cards in view only, so it is scrolled down until every card's has been seen
     const cards = () => [...dialog.querySelectorAll('img')];
-    await until(() => cards().length >= names.length && cards().every((i) => i.complete && i.naturalWidth > 0));
-    result.images = cards().map((i) => [i.src.split(':')[0], i.naturalWidth, i.naturalHeight]);
+    const seen = new Map();
+    const scroller = () => {
+      for (let e = cards()[0]; e && e !== dialog; e = e.parentElement) {
+        if (e.scrollHeight > e.clientHeight + 4) return e;
+      }
+      return dialog;
+    };
+    await until(() => {
+      for (const i of cards()) {
+        if (i.complete && i.naturalWidth > 0) seen.set(i.alt, [i.src.split(':')[0], i.naturalWidth, i.naturalHeight]);
+      }
+      if (names.every((n) => seen.has(n))) return true;
+      const s = scroller();
+      s.scrollTop = Math.min(s.scrollTop + 150, s.scrollHeight);
+      return false;
+    }, 60000).catch((e) => { throw new Error(`${e.message}; seen ${JSON.stringify([...seen.keys()])}`); });
+    result.images = names.map((n) => seen.get(n));
     for (const name of names) {
       const d = document.querySelector('[role=dialog]') ?? await open();
       byText(d, name).click();
