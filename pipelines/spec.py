@@ -1,6 +1,6 @@
 """The typed parts of a registry entry: each holds one kind of fact about how ai-toolkit previews a model.
 
-A `ModelSpec` (in `registry.py`) is assembled from these; generic code reads only these parts, never a model id or a
+A `ModelSpec` (the last class here; entries in `pipelines/models/`) is assembled from these; generic code reads only these parts, never a model id or a
 family name, so a family is added by data plus its family module.
 """
 from __future__ import annotations
@@ -130,3 +130,32 @@ class LatentPreview:
     """ComfyUI-style linear latent → RGB factors for live previews (no VAE decode)."""
     rgb_factors: tuple[tuple[float, ...], ...] = ()
     rgb_bias: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that decides one model's preview, in typed parts (`spec.py`). `family` names the module under
+    `pipelines/families/`; `variant` picks one of its `VARIANTS` (a Family subclass); `options` is that family's own
+    options dataclass (what only it needs)."""
+    id: str
+    label: str
+    family: str
+    base_repo: str                   # Hugging Face repo id of the base ai-toolkit's UI preset trains on
+    pipeline_class: str              # Diffusers pipeline class name (a base folder's model_index.json must match)
+    defaults: SampleDefaults
+    scheduler: SchedulerSpec
+    lora: LoraLayout
+    variant: str = ""
+    compatible_pipelines: tuple[str, ...] = ()  # other model_index classes whose folders hold the same parts
+    size: SizeRule = SizeRule()
+    guidance: GuidanceSpec = GuidanceSpec()
+    media: MediaSpec = MediaSpec()
+    controls: tuple[ControlSlot, ...] = ()
+    quant: QuantSpec = QuantSpec()
+    base_versions: tuple[str, ...] = ()  # `ss_base_model_version` values ai-toolkit writes for this model
+    single_file_config: str | None = None  # folder under pipelines/configs/ for single-file checkpoints
+    checkpoint_marker: str | None = None   # a key prefix only this model's single-file checkpoints have
+    preview: LatentPreview = LatentPreview()
+    options: object = None
+    workflow: str = ""               # the example workflow's file name under example_workflows/ (without .json)
+    notes: str = ""

@@ -32,7 +32,7 @@ def test_entry_resolves_to_a_family(model_id):
 
 @pytest.mark.parametrize("model_id", IDS)
 def test_entry_has_a_tiny_model(model_id):
-    assert model_id in TINY, f"add the tiny {model_id} builder to tests/fixtures/tiny_models.py"
+    assert model_id in TINY, f"add the tiny {model_id} model: TINY_MODELS in tests/fixtures/tiny_<family>.py"
 
 
 @pytest.mark.parametrize("model_id", IDS)
