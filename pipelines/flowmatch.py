@@ -63,5 +63,5 @@ def shifted_sigma(sigma: float, mu: float) -> float:
     return math.exp(mu) / (math.exp(mu) + (1 / sigma - 1))
 
 
-for _arch in ("flux",):
+for _arch in ("flow",):  # the table of every flow-matching model (its config is the entry's)
     register(_arch, "flowmatch", flowmatch_scheduler)

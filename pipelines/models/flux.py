@@ -25,7 +25,7 @@ _FLUX_PREVIEW = LatentPreview(_FLUX_RGB, (-0.0329, -0.0718, -0.0851))
 # ai-toolkit's FLUX-family UI presets (options.tsx): flowmatch sampler; quantize + quantize_te with qfloat8
 # (jobConfig.ts); sample defaults 1024², 30 steps, guidance 4 (defaultSamples.ts).
 _FLOW_DEFAULTS = SampleDefaults(steps=30, guidance_scale=4.0, width=1024, height=1024)
-_FLUX_SCHEDULER = SchedulerSpec("flowmatch", FLUX_CONFIG, arch="flux")
+_FLUX_SCHEDULER = SchedulerSpec("flowmatch", FLUX_CONFIG, arch="flow")
 _FLUX_SIZE = SizeRule(divisor=8, minimum=64, pipeline_divisor=16)
 FLUX_QUANT = QuantSpec(preset="qfloat8", components=("transformer", "text_encoder_2"))
 _FLUX_LORA = LoraLayout(
