@@ -11,7 +11,6 @@ configured `shift` 3.0 is then unused), `LUMINA2_CONFIG` = `lumina2_config`.
 """
 from __future__ import annotations
 
-import math
 from types import MappingProxyType
 
 from .samplers import register
@@ -56,11 +55,6 @@ def mu_for(config, image_seq_len: int) -> float:
     m = (config["max_shift"] - config["base_shift"]) / (config["max_image_seq_len"] - config["base_image_seq_len"])
     b = config["base_shift"] - m * config["base_image_seq_len"]
     return image_seq_len * m + b
-
-
-def shifted_sigma(sigma: float, mu: float) -> float:
-    """The exponential time shift `e^mu / (e^mu + 1/sigma - 1)` (for tests and docs; the scheduler applies it)."""
-    return math.exp(mu) / (math.exp(mu) + (1 / sigma - 1))
 
 
 for _arch in ("flow",):  # the table of every flow-matching model (its config is the entry's)

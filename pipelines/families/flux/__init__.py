@@ -24,7 +24,6 @@ import os
 import torch
 
 from ...errors import ModelSourceError
-from ...flowmatch import mu_for
 from ..base import Family
 from ..common import from_source, prepare_components, quantize_components, step_callback_kwargs
 from .bfl_names import bfl_names
@@ -129,13 +128,6 @@ class Flux(Family):
         tokens = latents[:1, : h * w]  # Kontext appends the control tokens after the output's
         c = packed // 4
         return tokens.view(1, h, w, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(c, h * 2, w * 2)
-
-    @staticmethod
-    def image_seq_len(request) -> int:
-        return (request.height // 16) * (request.width // 16)
-
-    def mu(self, spec, request) -> float:
-        return mu_for(spec.scheduler.config, self.image_seq_len(request))
 
 
 class Kontext(Flux):
