@@ -311,6 +311,30 @@ def test_lokr_files_match_the_merged_reference(flux_models, roots, form, dtype):
     same(got, ref.preview_flux(parts, PROMPT, SMALL["seed"], SMALL["steps"], SMALL["guidance_scale"], 64, 64))
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_lokr_on_the_qfloat8_base_runs_as_ai_toolkits_unmerged_forward(flux_models, roots, dtype):
+    """LoKr on the quantized preset: every key applies as a branch over the QLinear layers (quanto weights never
+    written), equal to ai-toolkit's `_call_forward_fast_linear` over a base quantized with quanto directly."""
+    from tests.test_lokr import lokr_linear_forward, module_tensors
+
+    name = "flux_lokr_factor"
+    handle = engine.load("flux", base="tiny-flux", dtype=dtype, device="cpu", roots=roots, quantization="qfloat8")
+    with_lokr = engine.apply_lora(handle, f"{name}.safetensors", 0.8, roots=roots)
+    report = with_lokr.loras[-1].bound.report
+    assert report.applied_keys == report.total_keys and not report.warnings()
+    got = engine.generate(with_lokr, PROMPT, **SMALL)[0]
+
+    parts = ref.load_parts(folder(flux_models, "flux"), "flux", DTYPES[dtype])
+    ref.quantize_like_aitk(parts["transformer"], DTYPES[dtype])
+    ref.quantize_like_aitk(parts["text_encoder_2"], DTYPES[dtype])
+    for key, t in module_tensors(load_file(str(flux_models / "loras" / f"{name}.safetensors"))).items():
+        layer = parts["transformer"].get_submodule(key[len("transformer."):])
+        assert type(layer).__name__ == "QLinear"
+        layer.forward = lokr_linear_forward(layer.forward, t, 0.8)
+    same(got, ref.preview_flux(parts, PROMPT, SMALL["seed"], SMALL["steps"], SMALL["guidance_scale"], 64, 64))
+    assert (got != engine.generate(handle, PROMPT, **SMALL)[0]).any()
+
+
 def test_bad_input_names_the_input_and_leaves_the_base_as_it_was(flux_models, roots, tmp_path):
     """Bad FLUX-family input: each error names the input and says what to do; the cached base (and a handle with a
     LoRA) render exactly as before afterwards."""

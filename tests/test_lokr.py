@@ -176,6 +176,31 @@ def merge_reference(parts_by_model, state_dict, multiplier, te_prefixes) -> int:
     return len(modules)
 
 
+def lokr_linear_forward(org_forward, t: dict, multiplier: float):
+    """ai-toolkit's unmerged LoKr Linear forward (`_call_forward_fast_linear`): the factors in the base output's
+    dtype, `x` unflattened into the Kronecker blocks, `(base + delta * mean(multiplier)).to(x.dtype)`."""
+    params = {k: v.float().clone() for k, v in t.items() if k != "alpha"}
+    scale = torch.tensor(ref_scale(t), dtype=torch.float32)                      # `_runtime_scale`
+    mult = torch.mean(torch.tensor((multiplier,)).to(dtype=torch.float32))       # mean(torch_multiplier)
+    w1 = params["lokr_w1"]
+    w2 = params.get("lokr_w2", params.get("lokr_w2_a"))
+    w2b = params.get("lokr_w2_b")
+
+    def forward(x):
+        base = org_forward(x)
+        cd = base.dtype
+        a, w2a = w1.to(cd), w2.to(cd)
+        X = x.to(cd).unflatten(-1, (w1.shape[1], (w2 if w2b is None else w2b).shape[1]))
+        if w2b is None:
+            tmp = torch.einsum("...qs,os->...qo", X, w2a)
+        else:
+            tmp = torch.einsum("...qs,rs->...qr", X, w2b.to(cd))
+            tmp = torch.einsum("...qr,or->...qo", tmp, w2a)
+        delta = torch.einsum("...qo,pq->...po", tmp, a * scale).flatten(-2, -1)
+        return (base + delta * mult.to(cd)).to(x.dtype)
+    return forward
+
+
 def branch_reference(parts_by_model, state_dict, multiplier, te_prefixes) -> int:
     """ai-toolkit's unmerged LoKr forward, patched on each layer like `apply_to`: Linears run
     `_call_forward_fast_linear` (in the output's dtype), Conv2d layers the legacy `_call_forward`."""
@@ -183,8 +208,6 @@ def branch_reference(parts_by_model, state_dict, multiplier, te_prefixes) -> int
     modules = module_tensors(state_dict)
     for name, t in modules.items():
         layer = names[name]
-        params = {k: v.float().clone().requires_grad_(True) for k, v in t.items() if k != "alpha"}
-        scale = torch.tensor(ref_scale(t), dtype=torch.float32)           # `_runtime_scale`
         mult = torch.mean(torch.tensor((multiplier,)).to(dtype=torch.float32))  # mean(torch_multiplier)
         if isinstance(layer, torch.nn.Conv2d):
             delta = ref_delta(t, layer.weight.shape)
@@ -197,23 +220,7 @@ def branch_reference(parts_by_model, state_dict, multiplier, te_prefixes) -> int
                                _layer.groups)
                 return out.to(x.dtype)
         else:
-            with torch.no_grad():
-                w1 = params["lokr_w1"]
-                w2 = params.get("lokr_w2", params.get("lokr_w2_a"))
-                w2b = params.get("lokr_w2_b")
-
-            def forward(x, _org=layer.forward, _w1=w1, _w2=w2, _w2b=w2b, _scale=scale, _mult=mult):
-                base = _org(x)
-                cd = base.dtype
-                a, w2a = _w1.to(cd), _w2.to(cd)
-                X = x.to(cd).unflatten(-1, (_w1.shape[1], (_w2 if _w2b is None else _w2b).shape[1]))
-                if _w2b is None:
-                    tmp = torch.einsum("...qs,os->...qo", X, w2a)
-                else:
-                    tmp = torch.einsum("...qs,rs->...qr", X, _w2b.to(cd))
-                    tmp = torch.einsum("...qr,or->...qo", tmp, w2a)
-                delta = torch.einsum("...qo,pq->...po", tmp, a * _scale).flatten(-2, -1)
-                return (base + delta * _mult.to(cd)).to(x.dtype)
+            forward = lokr_linear_forward(layer.forward, t, multiplier)
         layer.forward = forward
     return len(modules)
 
