@@ -23,6 +23,7 @@ Fixtures and helpers: `workflow_support.py`.
 Environment:
   AITK_UPDATE_DOCS=1   run every example workflow at full size and write docs/screenshot.png (the SDXL run) and
                        example_workflows/*.jpg (thumbnails) from the browser runs (CI leaves tracked files alone)
+  AITK_UPDATE_DOCS=new write only the thumbnails that are missing, from the runs as they are (SMALL or full size)
   AITK_E2E_QUICK=1     skip the full-size example renders (for quick local iterations)
 """
 from __future__ import annotations
@@ -40,7 +41,8 @@ from comfy_harness import PromptError, history_error
 from comfy_ws import WsListener, finished
 from PIL import Image
 from workflow_support import (  # noqa: F401  (fixtures: e2e_models, comfy_server*, browser, library)
-    CONTRACT_INPUTS, comfy_extra_args, comfy_server_env, DOCS, FULL_RUN_TIMEOUT, FULL_SIZE, QUICK, SMALL, TRIGGER, TRUNCATED, UI_SIZE_STEPS, UPDATE_DOCS,
+    CONTRACT_INPUTS, DOCS, FULL_RUN_TIMEOUT, FULL_SIZE, NEW_THUMBS, QUICK, SMALL, TRIGGER, TRUNCATED, UI_SIZE_STEPS,
+    UPDATE_DOCS, comfy_extra_args, comfy_server_env,
     WORKFLOWS, WRONG_FAMILY, assert_same_pixels, assert_success, browser, cached_nodes, comfy_server, e2e_models,
     example_workflows, find, fresh_seed, library, load_json, saved_image, small_prompt, small_twin, touch, twin_path,
     ui_nodes, workflow_model, workflow_path)
@@ -241,7 +243,7 @@ def test_example_workflow_runs_in_the_frontend(comfy_server, browser, library, e
           f"{server_seconds:.1f}s, library {library_seconds:.1f}s; screenshot {shot}")
     assert_same_pixels(saved, expected, f"{workflow.name} through the frontend")
     assert shot.is_file()
-    if UPDATE_DOCS:
+    if UPDATE_DOCS or (NEW_THUMBS and not workflow.with_suffix(".jpg").is_file()):
         write_docs(workflow, shot)
 
     # The API twin through POST /prompt: the same prompt, so ComfyUI accepts it and answers from its output cache

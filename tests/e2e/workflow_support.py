@@ -32,6 +32,7 @@ WORKFLOWS = REPO / "example_workflows"
 DATA = E2E_DIR / "data"
 DOCS = REPO / "docs"
 UPDATE_DOCS = os.environ.get("AITK_UPDATE_DOCS") == "1"
+NEW_THUMBS = os.environ.get("AITK_UPDATE_DOCS") == "new"   # only the thumbnails that do not exist yet
 QUICK = os.environ.get("AITK_E2E_QUICK") == "1"
 
 TRIGGER = "ohwx"
