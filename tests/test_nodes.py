@@ -30,7 +30,9 @@ def test_contract_inputs_with_tooltips(models_dir):
 
 def test_combos_list_registry_and_model_folders(models_dir):
     load = pack.NODE_CLASS_MAPPINGS["LoadAIToolkitPipeline"].INPUT_TYPES()["required"]
-    assert load["model"][0] == ["sd15", "sdxl", "flux", "flex1", "flux_kontext", "flex2", "chroma"]
+    from aitk_pack.pipelines.registry import REGISTRY
+
+    assert load["model"][0] == list(REGISTRY) and load["model"][0][:3] == ["sd15", "sdxl", "flux"]
     assert load["base"][0][0] == "default" and "tiny-sdxl" in load["base"][0]
     assert "tiny-sd15.safetensors" in load["base"][0]
     loras = pack.NODE_CLASS_MAPPINGS["ApplyAIToolkitLoRA"].INPUT_TYPES()["required"]["lora_name"][0]

@@ -19,7 +19,7 @@ from .parse import LoraModule, parse_tensors
 OTHER_BASE_VERSIONS = {
     "sd_2.1": "SD 2.1", "sd_v2": "SD 2.x", "ssd": "SSD-1B", "vega": "Vega", "lumina2": "Lumina2", "sd_3": "SD3",
     "pixart": "PixArt", "auraflow": "AuraFlow", "qwen_image": "Qwen-Image", "zimage": "Z-Image", "wan_2.1": "Wan 2.1",
-    "wan_2.2_14b": "Wan 2.2", "wan_2.2_5b": "Wan 2.2 5B", "hidream_i1": "HiDream", "flux2": "FLUX.2",
+    "wan_2.2_14b": "Wan 2.2", "wan_2.2_5b": "Wan 2.2 5B", "hidream_i1": "HiDream",
     "omnigen2": "OmniGen2", "ltx2": "LTX-2",
 }
 # Below this fraction of a file's modules applying (the rest matching no layer by name or by shape), the file is
@@ -120,11 +120,11 @@ def known_base_versions() -> dict:
     """Every `ss_base_model_version` value the pack can name → the model's label."""
     from ..registry import REGISTRY  # here: the registry imports the families, which import this package
 
-    names = dict(OTHER_BASE_VERSIONS)
+    own: dict = {}
     for spec in REGISTRY.values():
         for version in spec.base_versions:
-            names.setdefault(version.lower(), spec.label)
-    return names
+            own.setdefault(version.lower(), spec.label)  # a version several entries share: the first entry's label
+    return {**OTHER_BASE_VERSIONS, **own}
 
 
 def _foreign_family(spec, info: LoraInfo) -> str | None:
