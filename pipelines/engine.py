@@ -150,7 +150,7 @@ def _match_training_quantization(base: LoadedBase, lora_path: str):
     config = find_training_config(lora_path)
     if config is None or not base.spec.quant.components:
         return base, None
-    qtype = config.quantization
+    qtype = config.quantization_for(base.spec.quant.flag)
     where = f"its training config ({os.path.basename(os.path.dirname(config.path))}/config.yaml)"
     if qtype == base.quantization:
         return base, f"quantization {qtype or 'none'}, as {where} says"
