@@ -248,3 +248,48 @@ def test_live_preview_latents(roots):
     request = engine.build_request(spec, PROMPT, **SMALL)
     assert tuple(get_family(spec).preview_latents(spec, seen[-1][2], request).shape) == (16, 8, 8)
     assert latent_to_image(spec, seen[-1][2], request=request) is not None
+
+
+# ----------------------------------------------------------------------------- "match training" from config.yaml
+def _job_folder(models, tmp_path, name, **model_keys):
+    """An ai-toolkit training folder: `<name>/config.yaml` (the job config, `model:` as the UI's Lumina2 preset
+    writes it, overridden by `model_keys`) and `<name>/<name>_000000250.safetensors`."""
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "loras" / name
+    run.mkdir(parents=True)
+    shutil.copy(models / "loras" / LORA, run / f"{name}_000000250.safetensors")
+    model = {"name_or_path": "Alpha-VLLM/Lumina-Image-2.0", "arch": "lumina2", "quantize": False, "qtype": "qfloat8",
+             "quantize_te": True, "qtype_te": "qfloat8", **model_keys}
+    (run / "config.yaml").write_text(yaml.safe_dump({"job": "extension", "config": {
+        "name": name, "process": [{"type": "sd_trainer", "model": model}]}}))
+    return ModelRoots(diffusers=(str(models / "diffusers"),), loras=(str(tmp_path / "loras"),))
+
+
+def test_match_training_reads_quantize_te_from_the_runs_config(models, tmp_path):
+    """The UI preset writes `quantize: false, quantize_te: true`: Gemma2 stays qfloat8 (the flag for Lumina2 is
+    `quantize_te`, not `quantize`); a run with `quantize_te: false` gets the unquantized text encoder."""
+    pytest.importorskip("optimum.quanto")
+    from aitk_pack.pipelines.training_config import find_training_config
+
+    preset = _job_folder(models, tmp_path / "a", "preset_run")
+    handle = engine.load("lumina2", base="tiny-lumina2", dtype="fp32", device="cpu", roots=preset)
+    lora = engine.apply_lora(handle, "preset_run/preset_run_000000250.safetensors", 1.0, roots=preset)
+    assert lora.base is handle.base and lora.base.quantization == "qfloat8"
+    assert any("quantization qfloat8" in n for n in lora.loras[-1].bound.report.notes)
+    same(engine.generate(lora, PROMPT, negative_prompt=NEGATIVE, **SMALL)[0],
+         reference(models, "fp32", 1.0, quantization="qfloat8"))
+    plain = _job_folder(models, tmp_path / "b", "plain_run", quantize_te=False)
+    lora = engine.apply_lora(engine.load("lumina2", base="tiny-lumina2", dtype="fp32", device="cpu", roots=plain),
+                             "plain_run/plain_run_000000250.safetensors", 1.0, roots=plain)
+    assert lora.base.quantization is None
+    # quantize_te follows quantize when the config leaves it out (ModelConfig.__init__)
+    config = find_training_config(str(tmp_path / "b" / "loras" / "plain_run" / "plain_run_000000250.safetensors"))
+    assert config.quantization_for("quantize_te") is None
+    for quantize in (True, False):
+        config.model.pop("quantize_te")
+        config.model["quantize"] = quantize
+        assert config.quantization_for("quantize_te") == ("qfloat8" if quantize else None)
+        config.model["quantize_te"] = False

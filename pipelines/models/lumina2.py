@@ -42,7 +42,7 @@ SPECS = (
         guidance=GuidanceSpec("true_cfg", threshold=1.0),
         # the preset quantizes only Gemma2 (`quantize_te`, with `model.qtype`); the transformer stays in the train
         # dtype, so the LoRA is merged as on an unquantized base
-        quant=QuantSpec(preset="qfloat8", components=("text_encoder",)),
+        quant=QuantSpec(preset="qfloat8", components=("text_encoder",), flag="quantize_te"),
         lora=LoraLayout(kohya_prefixes=MappingProxyType({"lora_transformer": "transformer"}),
                         peft_prefixes=MappingProxyType({"transformer": "transformer"})),
         preview=_FLUX_PREVIEW,  # the FLUX.1 VAE (ComfyUI: latent_formats.Flux for Lumina2)
