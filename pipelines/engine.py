@@ -313,7 +313,10 @@ def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None =
                                    on_step=_finite_steps(stack, base.dtype, on_step))
     if not isinstance(out, Render):
         out = Render(frames=out)
-    notes = (f"quantized base: {base.quantization} (LoRA as an fp32 branch)",) if base.quantization else ()
+    notes = ()
+    if base.quantization:  # a preset may quantize only a part the LoRA does not touch (Lumina2: the text encoder)
+        how = "LoRA as an fp32 branch" if base.patcher.quantized else "LoRA merged"
+        notes = (f"quantized base: {base.quantization} on {', '.join(base.spec.quant.components)} ({how})",)
     return replace(out, frames=to_uint8(out.frames, stack, base.dtype), notes=out.notes + notes)
 
 
