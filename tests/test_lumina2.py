@@ -293,3 +293,10 @@ def test_match_training_reads_quantize_te_from_the_runs_config(models, tmp_path)
         config.model["quantize"] = quantize
         assert config.quantization_for("quantize_te") == ("qfloat8" if quantize else None)
         config.model["quantize_te"] = False
+
+
+def test_render_notes_say_the_lora_is_merged_on_the_quantized_text_encoder_base(roots):
+    pytest.importorskip("optimum.quanto")
+    handle = engine.apply_lora(load(roots, "fp32", "qfloat8"), LORA, 1.0, roots=roots)
+    out = engine.render(handle, engine.build_request(handle.spec, PROMPT, **SMALL))
+    assert "quantized base: qfloat8 on text_encoder (LoRA merged)" in out.notes
