@@ -315,7 +315,7 @@ def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None =
         out = Render(frames=out)
     notes = ()
     if base.quantization:  # a preset may quantize only a part the LoRA does not touch (Lumina2: the text encoder)
-        how = "LoRA as an fp32 branch" if base.patcher.quantized else "LoRA merged"
+        how = "LoRA as an fp32 branch" if getattr(base.patcher, "quantized", True) else "LoRA merged"
         notes = (f"quantized base: {base.quantization} on {', '.join(base.spec.quant.components)} ({how})",)
     return replace(out, frames=to_uint8(out.frames, stack, base.dtype), notes=out.notes + notes)
 
