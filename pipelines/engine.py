@@ -150,7 +150,7 @@ def _match_training_quantization(base: LoadedBase, lora_path: str):
     config = find_training_config(lora_path)
     if config is None or not base.spec.quant.components:
         return base, None
-    qtype = config.quantization
+    qtype = config.quantization_for(base.spec.quant.flag)
     where = f"its training config ({os.path.basename(os.path.dirname(config.path))}/config.yaml)"
     if qtype == base.quantization:
         return base, f"quantization {qtype or 'none'}, as {where} says"
@@ -313,7 +313,10 @@ def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None =
                                    on_step=_finite_steps(stack, base.dtype, on_step))
     if not isinstance(out, Render):
         out = Render(frames=out)
-    notes = (f"quantized base: {base.quantization} (LoRA as an fp32 branch)",) if base.quantization else ()
+    notes = ()
+    if base.quantization:  # a preset may quantize only a part the LoRA does not touch (Lumina2: the text encoder)
+        how = "LoRA as an fp32 branch" if getattr(base.patcher, "quantized", True) else "LoRA merged"
+        notes = (f"quantized base: {base.quantization} on {', '.join(base.spec.quant.components)} ({how})",)
     return replace(out, frames=to_uint8(out.frames, stack, base.dtype), notes=out.notes + notes)
 
 

@@ -93,10 +93,13 @@ class QuantSpec:
 
     `preset`: the qtype the UI preset trains with (None: the preset is unquantized), which "match training" uses.
     `components`: the components quantized, in order (ai-toolkit: the transformer, then the text encoder
-    `quantize_te`). `rules`: per component, the `quantize.QuantizeRule` (absent = every module, no exclusions)."""
+    `quantize_te`). `rules`: per component, the `quantize.QuantizeRule` (absent = every module, no exclusions).
+    `flag`: the training config's `model:` key that turns these components' quantization on ("quantize"; Lumina2's
+    preset quantizes only the text encoder, so "quantize_te"), which "match training" reads from a LoRA's config."""
     preset: str | None = None
     components: tuple[str, ...] = ()
     rules: Mapping[str, object] = field(default_factory=dict)
+    flag: str = "quantize"
 
 
 @dataclass(frozen=True)

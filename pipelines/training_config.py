@@ -24,7 +24,13 @@ class TrainingConfig:
     @property
     def quantization(self) -> str | None:
         """The qtype the run's base was quantized with (`model.quantize` / `model.qtype`), or None."""
-        if not self.model.get("quantize", False):
+        return self.quantization_for("quantize")
+
+    def quantization_for(self, flag: str = "quantize") -> str | None:
+        """The qtype of the components that `model.<flag>` turns on, or None. `quantize_te` defaults to `quantize`
+        (`ModelConfig.__init__`); the legacy model classes quantize those components with `model.qtype`."""
+        on = self.model.get(flag, self.model.get("quantize", False) if flag == "quantize_te" else False)
+        if not on:
             return None
         return str(self.model.get("qtype") or "qfloat8")
 
