@@ -25,7 +25,7 @@ from aitk_pack.pipelines.registry import get_spec
 from aitk_pack.pipelines.sources import ModelRoots
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-SMALL = dict(width=64, height=64, steps=3, seed=7)
+SMALL = dict(width=64, height=64, steps=2, seed=7)
 PROMPT = "a red fox in the snow"
 NEGATIVE = "blurry, low quality"
 LORA = "zimage_aitk.safetensors"
@@ -240,3 +240,35 @@ def test_wrong_family_lora_is_refused(models, roots, tmp_path):
     save_file(sd, str(models / "loras" / "flux_tagged.safetensors"), metadata={**meta, "ss_base_model_version": "flux.1"})
     with pytest.raises(LoraError, match="FLUX"):
         engine.apply_lora(load(roots, "fp32"), "flux_tagged.safetensors", roots=roots)
+
+
+def test_stack_stages_round_in_turn_and_branches_compute_in_their_dtype():
+    """The generic pieces the adapter uses (`lora.merge.StackEntry`): a lower stage is merged and rounded before the
+    next one reads the weights; `branch_dtype` runs a branch in that dtype; restoring gives the pristine weights."""
+    from aitk_pack.pipelines.lora.bind import BoundLora, MatchReport, Target
+    from aitk_pack.pipelines.lora.merge import StackEntry, WeightPatcher
+    from aitk_pack.pipelines.lora.parse import LoraModule
+
+    gen = torch.Generator().manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16)).to(torch.bfloat16).requires_grad_(False)
+    pristine = model[0].weight.clone()
+
+    def bound(seed):
+        g = torch.Generator().manual_seed(seed)
+        mod = LoraModule("0", "peft", {"down": torch.randn(4, 16, generator=g), "up": torch.randn(16, 4, generator=g)})
+        return BoundLora("x.safetensors", [Target("m", "0", mod)], MatchReport("x"), None), mod
+
+    (adapter, a), (lora, b) = bound(1), bound(2)
+    product = lambda m: m.tensors["up"] @ m.tensors["down"]  # noqa: E731
+    patcher = WeightPatcher({"m": model})
+    patcher.set_stack([StackEntry(adapter, 1.0, stage=-1), (lora, 0.5)])
+    staged = ((pristine.float() + product(a)).to(torch.bfloat16).float() + 0.5 * product(b)).to(torch.bfloat16)
+    assert torch.equal(model[0].weight, staged)
+    assert not torch.equal(staged, (pristine.float() + product(a) + 0.5 * product(b)).to(torch.bfloat16))
+    patcher.set_stack([StackEntry(adapter, -1.0, branch_dtype=torch.bfloat16)])
+    x = torch.randn(2, 16, generator=gen).to(torch.bfloat16)
+    low = a.tensors["down"].to(torch.bfloat16), a.tensors["up"].to(torch.bfloat16)
+    want = torch.nn.functional.linear(x, pristine, model[0].bias) - (x @ low[0].T) @ low[1].T
+    assert torch.equal(model(x), want) and torch.equal(model[0].weight, pristine)
+    patcher.set_stack([])
+    assert torch.equal(model[0].weight, pristine) and "forward" not in model[0].__dict__
