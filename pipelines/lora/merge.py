@@ -24,7 +24,8 @@ A stack item is `(bound, multiplier)` or a `StackEntry`, which also says how tha
 (stages are merged in ascending order, each rounded into the weights before the next stage reads them, as when
 ai-toolkit merges an adapter at load and the user's LoRA later onto those merged weights; plain pairs are stage 0)
 and `branch_dtype` (always an unmerged branch computed in that dtype, whatever the mode: a network ai-toolkit keeps
-in the model dtype, not fp32). Branches of a later stage wrap those of an earlier one.
+in the model dtype, not fp32), or `merged` (always merged, whatever the mode: an adapter ai-toolkit merged at load).
+Branches of a later stage wrap those of an earlier one.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class StackEntry:
     multiplier: float
     stage: int = 0
     branch_dtype: torch.dtype | None = None
+    merged: bool = False
 
 
 def stack_entries(stack) -> list:
@@ -114,7 +116,7 @@ class WeightPatcher:
         if self.quantized:
             mode = "quantized"
         entries = stack_entries(stack)
-        signature = (mode,) + tuple((e.bound.token, float(e.multiplier), e.stage, str(e.branch_dtype))
+        signature = (mode,) + tuple((e.bound.token, float(e.multiplier), e.stage, str(e.branch_dtype), e.merged)
                                     for e in entries)
         with self.lock:
             if signature == self.signature:
@@ -135,15 +137,17 @@ class WeightPatcher:
             for target in entry.bound.targets:
                 if target.module.is_zero():
                     continue  # ai-toolkit skips all-zero modules: the weight is not rewritten at all
-                item = (target, float(entry.multiplier), entry.branch_dtype)
+                dt = entry.branch_dtype
+                item = (target, float(entry.multiplier), dt, dt is not None or (
+                    not entry.merged and target.module.kind in branched_kinds))
                 grouped.setdefault((target.component, target.path), []).append(item)
         with torch.no_grad(), _exact_matmul():
             for (comp, path), items in grouped.items():
                 module = self.components[comp].get_submodule(path)
-                branched = [(t, mult, dt) for t, mult, dt in items if dt is not None or t.module.kind in branched_kinds]
+                branched = [(t, mult, dt) for t, mult, dt, as_branch in items if as_branch]
                 if branched:
                     self._add_branches(module, branched)
-                entries = [(t, mult) for t, mult, dt in items if dt is None and t.module.kind not in branched_kinds]
+                entries = [(t, mult) for t, mult, dt, as_branch in items if not as_branch]
                 if not entries:
                     continue
                 if is_quantized(module):
