@@ -211,6 +211,15 @@ def test_training_adapter_matches_reference(models, roots, monkeypatch, dtype):
     monkeypatch.setenv("AITK_MODELS_DIR", str(models))
     got = render(roots, dtype, loras=[(LORA, 1.0)], adapter=ADAPTER)
     same(got, reference(models, dtype, strength=1.0, adapter=True))
+    if dtype == "fp32":  # lora_mode "branch": the LoRA as an fp32 branch over the adapter's, the adapter still merged
+        handle = engine.apply_lora(load(roots, dtype, adapter=ADAPTER), LORA, 1.0, roots=roots)
+        branched = engine.generate(handle, PROMPT, negative_prompt=NEGATIVE, guidance_scale=1.0, lora_mode="branch",
+                                   **SMALL)[0]
+        patcher = handle.base.patcher  # left as rendered: the adapter merged at +1 into a layer the LoRA lacks
+        key = ("transformer", "t_embedder.mlp.0", "weight")
+        assert key in patcher.pristine, "the adapter must stay merged at +1 in branch mode"
+        assert not torch.equal(patcher.pristine[key], handle.base.pipe.transformer.t_embedder.mlp[0].weight)
+        assert levels(branched, got) <= 1
     plain = render(roots, dtype, loras=[(LORA, 1.0)])
     print(f"\n{dtype}: Turbo + LoRA without the adapter is {levels(got, plain)} levels off ai-toolkit's preview")
     # the cached base is exactly restored: the plain render after the adapter one equals a fresh reference

@@ -167,7 +167,8 @@ class ZImage(Family):
                 f"pack does not reproduce). Load {base.spec.label} with quantization \"none\", or clear "
                 "training_adapter.")
         adapter = self.adapter(base, resolve_adapter(name))
-        return [StackEntry(adapter, 1.0, stage=-1), StackEntry(adapter, -1.0, stage=-1, branch_dtype=base.dtype),
+        return [StackEntry(adapter, 1.0, stage=-1, merged=True),  # merged at load, whatever the LoRA mode
+                StackEntry(adapter, -1.0, stage=-1, branch_dtype=base.dtype),
                 *(StackEntry(bound, multiplier) for bound, multiplier in stack)]
 
     def adapter(self, base, path: str):
