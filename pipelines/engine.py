@@ -308,7 +308,7 @@ def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None =
     multiplier = request.network_multiplier
     stack = [(bound, strength if multiplier is None else multiplier) for bound, strength in chain]
     with base.lock:
-        base.patcher.set_stack(stack, lora_mode)
+        base.patcher.set_stack(base.family.lora_stack(base, request, stack), lora_mode)
         out = base.family.generate(base.spec, base.pipe, request, sampler=sampler,
                                    on_step=_finite_steps(stack, base.dtype, on_step))
     if not isinstance(out, Render):

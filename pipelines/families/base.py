@@ -40,6 +40,12 @@ class Family:
         names = {comp: self.module_names(spec, comp, module) for comp, module in components.items()}
         return prefixed_index(names, spec.lora)
 
+    def lora_stack(self, base, request, stack) -> list:
+        """What the patcher applies for this request: the handle's chain `[(BoundLora, multiplier)]`, plus any LoRA
+        the family adds around it as `lora.merge.StackEntry`s (e.g. an adapter ai-toolkit merges into the base at
+        load and switches on while sampling). `base` is the `cache.LoadedBase`. Default: the chain as it is."""
+        return stack
+
     # ---- options -------------------------------------------------------------------------------------------
     def options(self, spec, request=None):
         """The entry's options dataclass with the request's overrides applied (None when the family has none)."""

@@ -19,11 +19,19 @@ added to quantized weights and are refused there.
 
 `WeightPatcher.set_stack(stack, mode)` brings the base to "pristine + stack"; calling it with the stack already in
 place does nothing. Any failure restores every touched weight before the error propagates.
+
+A stack item is `(bound, multiplier)` or a `StackEntry`, which also says how that LoRA is applied: its `stage`
+(stages are merged in ascending order, each rounded into the weights before the next stage reads them, as when
+ai-toolkit merges an adapter at load and the user's LoRA later onto those merged weights; plain pairs are stage 0)
+and `branch_dtype` (always an unmerged branch computed in that dtype, whatever the mode: a network ai-toolkit keeps
+in the model dtype, not fp32), or `merged` (always merged, whatever the mode: an adapter ai-toolkit merged at load).
+Branches of a later stage wrap those of an earlier one.
 """
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -45,6 +53,20 @@ def _exact_matmul():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    """One LoRA of a stack and how it is applied (see the module docstring)."""
+    bound: object
+    multiplier: float
+    stage: int = 0
+    branch_dtype: torch.dtype | None = None
+    merged: bool = False
+
+
+def stack_entries(stack) -> list:
+    return [item if isinstance(item, StackEntry) else StackEntry(*item) for item in stack]
 
 
 class _Unpatch:
@@ -93,32 +115,39 @@ class WeightPatcher:
             raise ValueError(f"unknown LoRA mode {mode!r}")
         if self.quantized:
             mode = "quantized"
-        signature = (mode,) + tuple((b.token, float(m)) for b, m in stack)
+        entries = stack_entries(stack)
+        signature = (mode,) + tuple((e.bound.token, float(e.multiplier), e.stage, str(e.branch_dtype), e.merged)
+                                    for e in entries)
         with self.lock:
             if signature == self.signature:
                 return
             try:
                 self.restore()
-                self._merge(stack, BRANCHED_KINDS[mode])
+                for stage in sorted({e.stage for e in entries}):
+                    self._merge([e for e in entries if e.stage == stage], BRANCHED_KINDS[mode])
                 self.signature = signature
             except BaseException:
                 self.restore()
                 raise
 
     def _merge(self, stack, branched_kinds=()) -> None:
+        """Merge (or branch) one stage of the stack."""
         grouped: dict = {}
-        for bound, multiplier in stack:
-            for target in bound.targets:
+        for entry in stack_entries(stack):
+            for target in entry.bound.targets:
                 if target.module.is_zero():
                     continue  # ai-toolkit skips all-zero modules: the weight is not rewritten at all
-                grouped.setdefault((target.component, target.path), []).append((target, float(multiplier)))
+                dt = entry.branch_dtype
+                item = (target, float(entry.multiplier), dt, dt is not None or (
+                    not entry.merged and target.module.kind in branched_kinds))
+                grouped.setdefault((target.component, target.path), []).append(item)
         with torch.no_grad(), _exact_matmul():
-            for (comp, path), entries in grouped.items():
+            for (comp, path), items in grouped.items():
                 module = self.components[comp].get_submodule(path)
-                branched = [(t, mult) for t, mult in entries if t.module.kind in branched_kinds]
+                branched = [(t, mult, dt) for t, mult, dt, as_branch in items if as_branch]
                 if branched:
                     self._add_branches(module, branched)
-                entries = [(t, mult) for t, mult in entries if t.module.kind not in branched_kinds]
+                entries = [(t, mult) for t, mult, dt, as_branch in items if not as_branch]
                 if not entries:
                     continue
                 if is_quantized(module):
@@ -137,7 +166,8 @@ class WeightPatcher:
         """Wrap the module's forward as ai-toolkit's `apply_to` does (an instance `forward`, removed on restore).
         A sliced target adds its rows of the branch output (the full product is computed, then sliced, as the
         fused layer would compute it) into its rows of the output."""
-        terms = [(t.module.branch(module, mult), t.rows, t.into) for t, mult in entries]
+        terms = [(t.module.branch(module, mult) if dt is None else t.module.branch(module, mult, dt), t.rows, t.into)
+                 for t, mult, dt in entries]
         # a LoKr Conv2d replaces the layer's forward (conv with W + delta) instead of adding to its output
         replacing = [term for term, _, _ in terms if getattr(term, "replaces_forward", False)]
         terms = [entry for entry in terms if not getattr(entry[0], "replaces_forward", False)]

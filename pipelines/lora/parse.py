@@ -153,31 +153,34 @@ class LoraModule:
             product = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
         return multiplier * product * self.scale
 
-    def branch(self, module: torch.nn.Module, multiplier: float):
+    def branch(self, module: torch.nn.Module, multiplier: float, dtype: torch.dtype = torch.float32):
         """ai-toolkit's unmerged forward for this LoRA on `module`: a function x -> the term added to the output,
         `((up(down(x.float())) * scale) * multiplier).to(out dtype)` (`ToolkitModuleMixin.forward`; a full-rank
         module has an identity `lora_up`). `module` may be a quantized layer: only its device and conv geometry
-        are read. LoKr: `lokr.branch`."""
+        are read. LoKr: `lokr.branch`. `dtype`: the network's dtype (fp32 for a trained LoRA; an adapter ai-toolkit
+        moves to the model dtype computes in that dtype: weights, input, scale and multiplier)."""
         if self.kind == "lokr":
+            if dtype != torch.float32:
+                raise ValueError(f"{self.name}: LoKr branches are computed in fp32 only")
             return lokr.branch(self.tensors, module, multiplier, self.name)
         device = module.weight.device
         # ai-toolkit's LoRA weights are trainable parameters while it samples; on CPU, F.linear on a non-contiguous
         # input (SDXL's proj_in) rounds differently with requires_grad set, so keep that flag as it has it.
         # Fresh, aligned copies (like the nn.Linear parameters ai-toolkit holds): CPU matmul kernels can round
         # differently for tensors that are views into a loaded file's buffer.
-        down = self.tensors["down"].to(device).float().clone().requires_grad_(True)
-        up = self.tensors["up"].to(device).float().clone().requires_grad_(True) if self.kind == "lora" else None
-        scale = torch.tensor(self.scale, dtype=torch.float32, device=device)
-        mult = torch.tensor(multiplier, dtype=torch.float32, device=device)
+        down = self.tensors["down"].to(device).to(dtype).clone().requires_grad_(True)
+        up = self.tensors["up"].to(device).to(dtype).clone().requires_grad_(True) if self.kind == "lora" else None
+        scale = torch.tensor(self.scale, dtype=dtype, device=device)
+        mult = torch.tensor(multiplier, dtype=dtype, device=device)
         if down.ndim == 2:
             def lora(x):
-                hidden = torch.nn.functional.linear(x.float(), down)
+                hidden = torch.nn.functional.linear(x.to(dtype), down)
                 return hidden if up is None else torch.nn.functional.linear(hidden, up)
         else:
             stride, padding = module.stride, module.padding
 
             def lora(x):
-                hidden = torch.nn.functional.conv2d(x.float(), down, None, stride, padding)
+                hidden = torch.nn.functional.conv2d(x.to(dtype), down, None, stride, padding)
                 return hidden if up is None else torch.nn.functional.conv2d(hidden, up)
 
         def term(x, dtype):

@@ -1,0 +1,227 @@
+"""Z-Image (Turbo, base, De-Turbo): previews as ai-toolkit renders them, through Diffusers' `ZImagePipeline`.
+
+What ai-toolkit 0.12.26 does (`extensions_built_in/diffusion_models/z_image/z_image.py:ZImageModel`; the UI's three
+presets `zimage:turbo`, `zimage`, `zimage:deturbo` are one class, `ModelConfig` strips the `:tag`), and so what this
+does:
+- `get_generation_pipeline`: a fresh `ZImagePipeline` over the loaded parts with a fresh training scheduler,
+  `CustomFlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, use_dynamic_shifting=False, shift=3.0)`: the
+  pipeline passes sigmas `linspace(1, 1/N, N)` and a `mu` that static shifting ignores, so σ' = 3σ / (1 + 2σ);
+- `get_prompt_embeds` → `ZImagePipeline.encode_prompt(prompt, do_classifier_free_guidance=False)`: the Qwen3 chat
+  template (user message, generation prompt, `enable_thinking=True`), 512 tokens including the template,
+  `hidden_states[-2]`, padding dropped; `BaseModel.generate_images` encodes the positive and the negative in
+  separate calls and casts both to the transformer's dtype;
+- `generate_single_image`: the 8-floored size (`GenerateImageConfig`, minimum 64) floored again to 16, and
+  `guidance_scale = max(0, cfg - 1)`: the pipeline runs CFG (`pos + g·(pos − neg)`) only for g > 0, so cfg ≤ 1 (the
+  Turbo preset) never uses the negative; `cfg_normalization`/`cfg_truncation` stay at the pipeline's defaults;
+- noise: the pipeline draws the latents in float32 from the seeded CPU generator (`torch.manual_seed(seed)`) and
+  keeps them in float32 through the scheduler (cast to the transformer's dtype per step);
+- `load_model`: transformer, Qwen3 text encoder, tokenizer and VAE in the train dtype; De-Turbo takes the
+  transformer from `ostris/Z-Image-De-Turbo` and the rest from `extras_name_or_path` Tongyi-MAI/Z-Image-Turbo (a
+  local full folder is used whole); `quantize` (qfloat8): blocks `layers` one at a time, then the rest without
+  `get_quantization_exclude_modules()` (embedders, final layer); `quantize_te`: the whole text encoder.
+
+The Turbo training adapter (`ZImageModel.load_training_adapter`, preset `assistant_lora_path`): ai-toolkit merges it
+into the base at +1 at load (weights in the model dtype: `network.force_to(device, dtype)`), and while sampling
+switches it on as an unmerged branch at multiplier −1, computed in the model dtype; the user's LoRA is merged into
+the same adapter-merged weights (or branched over them). The option `training_adapter` reproduces that through the
+LoRA engine's stack (`lora_stack`: stage −1 = the adapter merged at +1 and its −1 branch, stage 0 = the chain), so the
+cached base is restored exactly after every render. ai-toolkit's adapter network is built without `base_model`, so
+it wraps every Linear of the transformer (no block filter): every module of the file is applied.
+
+LoRA names: `diffusion_model.<module path>.lora_A/B` (peft, alpha = rank: scale 1), `transformer.<path>` too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import LoraError, ModelSourceError, QuantizationError
+from ..lora.merge import StackEntry
+from ..request import Render
+from .base import Family
+from .common import from_source, prepare_components, quantize_components, source_folder, step_callback_kwargs
+
+BUCKET_DIVISOR = 16  # ZImageModel.get_bucket_divisibility: 8 (VAE) * 2 (patch)
+PARTS = ("vae", "text_encoder", "tokenizer", "transformer")
+TURBO_EXTRAS = "Tongyi-MAI/Z-Image-Turbo"  # z_image.py SINGLE_FILE_EXTRAS_REPO; the De-Turbo preset's extras
+
+
+@dataclass(frozen=True)
+class ZImageOptions:
+    """Z-Image-only settings from the training config (`model:` section)."""
+    training_adapter: str = field(default="", metadata={"help": (
+        "ai-toolkit's model.assistant_lora_path (the Z-Image Turbo preset sets "
+        "ostris/zimage_turbo_training_adapter/zimage_turbo_training_adapter_v2.safetensors): the training adapter "
+        "is merged into the base and switched off again while sampling, as ai-toolkit's previews do. A file in the "
+        "loras folder, an absolute path, or that repo/file path when the file is in the Hugging Face cache. Empty: "
+        "no adapter (the preview then differs by a small residue).")})
+
+
+def resolve_adapter(value: str) -> str:
+    """The adapter file for the option's value: an existing path, a name in the loras folders (AITK_MODELS_DIR or
+    ComfyUI's, when ComfyUI is running), or `org/repo/file.safetensors` in the local Hugging Face cache (where
+    ai-toolkit's own `hf_hub_download` put it during training)."""
+    from ..sources import ModelRoots
+
+    value = value.strip()
+    if os.path.isfile(value):
+        return os.path.abspath(value)
+    tried = []
+    roots = ModelRoots.from_env()
+    path = roots.resolve("loras", value) if roots.loras else None
+    comfy = sys.modules.get("folder_paths")  # never imported here: only when ComfyUI itself has loaded it
+    if not path and comfy is not None:
+        path = comfy.get_full_path("loras", value)
+    if path and os.path.isfile(path):
+        return path
+    tried.append("the loras folders")
+    parts = value.split("/")
+    if len(parts) == 3:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache("/".join(parts[:2]), parts[2], cache_dir=os.environ.get("HF_HUB_CACHE"))
+        if isinstance(cached, str) and os.path.isfile(cached):
+            return cached
+        tried.append(f"the Hugging Face cache ({'/'.join(parts[:2])})")
+    raise LoraError(f"Training adapter {value!r} was not found in {' or '.join(tried)}. Put the file in the loras "
+                    f"folder and give its name, or download it once with `hf download {'/'.join(parts[:2])} "
+                    f"{parts[-1]}`" if len(parts) == 3 else
+                    f"Training adapter {value!r} was not found in {' or '.join(tried)}. Put the .safetensors file in "
+                    "the loras folder and give its name (or an absolute path).")
+
+
+def _in_dtype(bound, dtype):
+    """A copy of a bound LoRA whose tensors are rounded to `dtype`, as ai-toolkit's `force_to(device, dtype)` +
+    `load_weights` hold the adapter (its merge then reads them `.float()`)."""
+    modules = {}
+    for target in bound.targets:
+        m = target.module
+        if id(m) not in modules:
+            modules[id(m)] = dataclasses.replace(m, tensors={k: v.to(dtype) for k, v in m.tensors.items()})
+    targets = [dataclasses.replace(t, module=modules[id(t.module)]) for t in bound.targets]
+    return dataclasses.replace(bound, targets=targets)
+
+
+class ZImage(Family):
+    """Z-Image-Turbo and Z-Image (`ZImagePipeline`)."""
+    lora_component_names = ("transformer",)
+    pipeline_class = "ZImagePipeline"
+    extras_repo: str | None = None  # where the parts other than the transformer come from for base "default"
+
+    # ---- loading -------------------------------------------------------------------------------------------
+    def load(self, spec, source, dtype, device, quantization=None):
+        if source.kind == "single_file":
+            raise ModelSourceError(f"{spec.label}: single-file checkpoints are not supported yet; use a Diffusers "
+                                   "folder or base \"default\".")
+        pipe = self._from_folders(spec, source)
+        prepare_components(pipe, os.path.basename(source.location), spec, dtype, device)
+        quantize_components(pipe, spec, quantization, dtype)
+        return pipe
+
+    def _from_folders(self, spec, source):
+        from diffusers import ZImagePipeline
+
+        if self.extras_repo is None or source.kind != "hub":
+            return from_source(ZImagePipeline, spec, source, scheduler=self.scheduler(spec))
+        folder = source_folder(source)
+        if os.path.isdir(os.path.join(folder, "text_encoder")) and os.path.isfile(
+                os.path.join(folder, "model_index.json")):
+            return from_source(ZImagePipeline, spec, source, scheduler=self.scheduler(spec))
+        return self._with_extras(spec, folder)
+
+    def _with_extras(self, spec, folder):
+        """ai-toolkit's De-Turbo preset: the transformer of the repo, the text encoder, tokenizer and VAE of
+        `extras_name_or_path` (Tongyi-MAI/Z-Image-Turbo)."""
+        from diffusers import AutoencoderKL, ZImagePipeline, ZImageTransformer2DModel
+        from transformers import AutoModel, AutoTokenizer
+
+        from ..sources import hub_snapshot
+
+        extras = hub_snapshot(self.extras_repo)
+        try:
+            transformer = ZImageTransformer2DModel.from_pretrained(folder, subfolder="transformer",
+                                                                   local_files_only=True)
+            text_encoder = AutoModel.from_pretrained(extras, subfolder="text_encoder", local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(extras, subfolder="tokenizer", local_files_only=True)
+            vae = AutoencoderKL.from_pretrained(extras, subfolder="vae", local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - Diffusers/transformers raise many types for unreadable models
+            raise ModelSourceError(f"Could not load {spec.label} (transformer from {spec.base_repo}, text encoder, "
+                                   f"tokenizer and VAE from {self.extras_repo}): {type(exc).__name__}: {exc}") from exc
+        return ZImagePipeline(scheduler=self.scheduler(spec), vae=vae, text_encoder=text_encoder,
+                              tokenizer=tokenizer, transformer=transformer)
+
+    # ---- the training adapter ------------------------------------------------------------------------------
+    def lora_stack(self, base, request, stack):
+        options = self.options(base.spec, request)
+        name = (getattr(options, "training_adapter", "") or "").strip()
+        if not name:
+            return stack
+        if base.quantization:
+            raise QuantizationError(
+                f"The training adapter cannot be reproduced on a quantized base: ai-toolkit merges it into the "
+                f"full-precision weights before quantizing them (and then quantizes with torchao float8, which this "
+                f"pack does not reproduce). Load {base.spec.label} with quantization \"none\", or clear "
+                "training_adapter.")
+        adapter = self.adapter(base, resolve_adapter(name))
+        return [StackEntry(adapter, 1.0, stage=-1, merged=True),  # merged at load, whatever the LoRA mode
+                StackEntry(adapter, -1.0, stage=-1, branch_dtype=base.dtype),
+                *(StackEntry(bound, multiplier) for bound, multiplier in stack)]
+
+    def adapter(self, base, path: str):
+        """The adapter bound to `base` in the model dtype, read once per (file, mtime, size); every key applies."""
+        from ..lora import bind_lora
+
+        st = os.stat(path)
+        key = ("training_adapter", os.path.realpath(path), st.st_mtime_ns, st.st_size)
+        with base.lock:
+            bound = base.bound.get(key)
+            if bound is None:
+                bound = bind_lora(path, base.spec, base.patcher.components)
+                report = bound.report
+                if report.applied_keys != report.total_keys:
+                    raise LoraError(f"Training adapter {os.path.basename(path)}: only {report.applied_keys} of its "
+                                    f"{report.total_keys} keys apply to {base.spec.label}.\n{report.summary()}")
+                bound = base.bound[key] = _in_dtype(bound, base.dtype)
+            return bound
+
+    # ---- sampling ------------------------------------------------------------------------------------------
+    def sampling_pipeline(self, spec, pipe, sampler):
+        from diffusers import ZImagePipeline
+
+        sampling = ZImagePipeline(**{n: getattr(pipe, n) for n in PARTS}, scheduler=self.scheduler(spec, sampler))
+        sampling.set_progress_bar_config(disable=True)
+        return sampling
+
+    def encode(self, pipe, prompt: str, dtype):
+        """`ZImageModel.get_prompt_embeds` for one prompt, cast to `dtype`: a list of one [tokens, d] tensor."""
+        embeds, _ = pipe.encode_prompt(prompt, device=pipe.text_encoder.device, do_classifier_free_guidance=False)
+        return [e.to(dtype) for e in embeds]
+
+    def generate(self, spec, pipe, request, sampler=None, on_step=None):
+        sampling = self.sampling_pipeline(spec, pipe, sampler)
+        width = request.width - request.width % BUCKET_DIVISOR
+        height = request.height - request.height % BUCKET_DIVISOR
+        dtype = pipe.transformer.dtype
+        with torch.no_grad():
+            positive = self.encode(pipe, request.prompt, dtype)
+            negative = self.encode(pipe, request.negative_prompt or "", dtype)
+            images = sampling(prompt_embeds=positive, negative_prompt_embeds=negative, height=height, width=width,
+                              num_inference_steps=request.steps,
+                              guidance_scale=spec.guidance.pipeline_value(request.guidance_scale),
+                              generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np",
+                              **step_callback_kwargs(request.steps, on_step)).images
+        adapter = (getattr(self.options(spec, request), "training_adapter", "") or "").strip()
+        notes = (f"training adapter {os.path.basename(adapter)}: merged at +1, sampled at -1",) if adapter else ()
+        return Render(frames=images, notes=notes)
+
+
+class DeTurbo(ZImage):
+    """ostris/Z-Image-De-Turbo: the transformer of its repo, the other parts of Z-Image-Turbo."""
+    extras_repo = TURBO_EXTRAS
+
+
+VARIANTS = {"": ZImage, "deturbo": DeTurbo}
