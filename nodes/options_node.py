@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..pipelines.registry import REGISTRY
+from .comfy_bridge import model_roots
 from .pipeline_nodes import CATEGORY, PIPELINE_TYPE, _check_handle
 
 _WIDGETS = {bool: "BOOLEAN", int: "INT", float: "FLOAT", str: "STRING"}
@@ -47,4 +48,4 @@ class AIToolkitModelOptions:
         _check_handle(pipeline)
         fields = option_fields()
         changed = {k: v for k, v in values.items() if k not in fields or v != fields[k][0]}
-        return (pipeline.with_options(**changed),)
+        return (pipeline.with_options(roots=model_roots(), **changed),)

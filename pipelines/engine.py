@@ -26,7 +26,7 @@ from .prompts import prepare
 from .quantize import QTYPES, resolve_qtype
 from .registry import floor_size, get_spec
 from .request import Render, SampleRequest
-from .sources import ModelRoots, resolve_base, resolve_lora
+from .sources import ModelRoots, resolve_base, resolve_file_option, resolve_lora
 from .training_config import find_training_config
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -127,17 +127,22 @@ class PipelineHandle:
     def reports(self) -> list:
         return [link.bound.report for link in self.loras]
 
-    def with_options(self, **values) -> "PipelineHandle":
-        """A new handle with family options overridden (e.g. FLUX.1's `attn_masking`); unknown names are refused."""
+    def with_options(self, roots: ModelRoots | None = None, **values) -> "PipelineHandle":
+        """A new handle with family options overridden (e.g. FLUX.1's `attn_masking`); unknown names are refused.
+        A file-valued option (field metadata `file`: the model folder kind) is resolved now, inside `roots`."""
         import dataclasses
 
         known = {f.name: f for f in dataclasses.fields(self.spec.options)} if self.spec.options else {}
+        values = dict(values)
         for name, value in values.items():
             if name not in known:
                 raise InputError(f"{self.spec.label} has no option {name!r}" + (
                     f"; it has: {', '.join(known)}." if known else " (it has no model options)."))
             if type(value) is not type(known[name].default):
                 raise InputError(f"Option {name} must be a {type(known[name].default).__name__}, got {value!r}.")
+            kind = known[name].metadata.get("file")
+            if kind and value.strip():
+                values[name] = resolve_file_option(f"Option {name}:", value, kind, roots or ModelRoots.from_env())
         merged = dict(self.options, **values)
         return replace(self, options=tuple(sorted(merged.items())))
 

@@ -197,3 +197,31 @@ def resolve_lora(name: str, roots: ModelRoots) -> str:
                             "the folder).")
     raise LoraError(f"LoRA {name!r} was not found in the loras folders {list(roots.loras)}. Put the .safetensors "
                     "file there (names are relative to that folder; paths outside it are not allowed).")
+
+
+def resolve_file_option(label: str, value: str, kind: str, roots: ModelRoots) -> str:
+    """The file a file-valued model option names (e.g. Z-Image's `training_adapter`): a name inside the `kind`
+    roots, an absolute path, or `org/repo/file.safetensors` in the local Hugging Face cache (where ai-toolkit's own
+    `hf_hub_download` put it during training). Never downloads."""
+    value = value.strip()
+    if os.path.isabs(value) and os.path.isfile(value):
+        return value
+    path = roots.resolve(kind, value) if roots.folders(kind) else None
+    if path and os.path.isfile(path):
+        return path
+    tried = [f"the {kind} folders {list(roots.folders(kind))}"]
+    parts = value.split("/")
+    if len(parts) == 3:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = "/".join(parts[:2])
+        cached = try_to_load_from_cache(repo, parts[2], cache_dir=os.environ.get("HF_HUB_CACHE"))
+        if isinstance(cached, str) and os.path.isfile(cached):
+            return cached
+        tried.append(f"the Hugging Face cache ({repo})")
+        hint = f"Put the file in the {kind} folder and give its name, or download it once with `hf download {repo} " \
+               f"{parts[2]}`."
+    else:
+        hint = f"Put the .safetensors file in the {kind} folder and give its name (or an absolute path)."
+    raise LoraError(f"{label} {value!r} was not found in {' or '.join(tried)}. {hint}")
+

@@ -83,7 +83,7 @@ def roots(models):
 def load(roots, dtype, model="zimage_turbo", base=None, quantization="none", adapter=""):
     handle = engine.load(model, base=base or FOLDERS[model], dtype=dtype, device="cpu", roots=roots,
                          quantization=quantization)
-    return handle.with_options(training_adapter=adapter) if adapter else handle
+    return handle.with_options(roots=roots, training_adapter=adapter) if adapter else handle
 
 
 def render(roots, dtype, model="zimage_turbo", loras=(), base=None, quantization="none", adapter="", **values):
@@ -207,8 +207,7 @@ def test_trigger_and_prompt_flags(models, roots):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_training_adapter_matches_reference(models, roots, monkeypatch, dtype):
     """ai-toolkit's Turbo preview: adapter merged at +1 (model dtype), the LoRA merged on top, the adapter at -1.
-    The adapter is found by name in the loras folder (outside ComfyUI: AITK_MODELS_DIR's)."""
-    monkeypatch.setenv("AITK_MODELS_DIR", str(models))
+    The adapter is found by name in the loras folder."""
     got = render(roots, dtype, loras=[(LORA, 1.0)], adapter=ADAPTER)
     same(got, reference(models, dtype, strength=1.0, adapter=True))
     if dtype == "fp32":  # lora_mode "branch": the LoRA as an fp32 branch over the adapter's, the adapter still merged

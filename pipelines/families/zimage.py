@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -58,40 +57,7 @@ class ZImageOptions:
         "ostris/zimage_turbo_training_adapter/zimage_turbo_training_adapter_v2.safetensors): the training adapter "
         "is merged into the base and switched off again while sampling, as ai-toolkit's previews do. A file in the "
         "loras folder, an absolute path, or that repo/file path when the file is in the Hugging Face cache. Empty: "
-        "no adapter (the preview then differs by a small residue).")})
-
-
-def resolve_adapter(value: str) -> str:
-    """The adapter file for the option's value: an existing path, a name in the loras folders (AITK_MODELS_DIR or
-    ComfyUI's, when ComfyUI is running), or `org/repo/file.safetensors` in the local Hugging Face cache (where
-    ai-toolkit's own `hf_hub_download` put it during training)."""
-    from ..sources import ModelRoots
-
-    value = value.strip()
-    if os.path.isfile(value):
-        return os.path.abspath(value)
-    tried = []
-    roots = ModelRoots.from_env()
-    path = roots.resolve("loras", value) if roots.loras else None
-    comfy = sys.modules.get("folder_paths")  # never imported here: only when ComfyUI itself has loaded it
-    if not path and comfy is not None:
-        path = comfy.get_full_path("loras", value)
-    if path and os.path.isfile(path):
-        return path
-    tried.append("the loras folders")
-    parts = value.split("/")
-    if len(parts) == 3:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache("/".join(parts[:2]), parts[2], cache_dir=os.environ.get("HF_HUB_CACHE"))
-        if isinstance(cached, str) and os.path.isfile(cached):
-            return cached
-        tried.append(f"the Hugging Face cache ({'/'.join(parts[:2])})")
-    raise LoraError(f"Training adapter {value!r} was not found in {' or '.join(tried)}. Put the file in the loras "
-                    f"folder and give its name, or download it once with `hf download {'/'.join(parts[:2])} "
-                    f"{parts[-1]}`" if len(parts) == 3 else
-                    f"Training adapter {value!r} was not found in {' or '.join(tried)}. Put the .safetensors file in "
-                    "the loras folder and give its name (or an absolute path).")
+        "no adapter (the preview then differs by a small residue)."), "file": "loras"})
 
 
 def _in_dtype(bound, dtype):
@@ -166,7 +132,9 @@ class ZImage(Family):
                 f"full-precision weights before quantizing them (and then quantizes with torchao float8, which this "
                 f"pack does not reproduce). Load {base.spec.label} with quantization \"none\", or clear "
                 "training_adapter.")
-        adapter = self.adapter(base, resolve_adapter(name))
+        if not os.path.isfile(name):  # a path, resolved by PipelineHandle.with_options; since removed?
+            raise LoraError(f"Training adapter {name} is no longer there. Put the file back, or set the option again.")
+        adapter = self.adapter(base, name)
         return [StackEntry(adapter, 1.0, stage=-1, merged=True),  # merged at load, whatever the LoRA mode
                 StackEntry(adapter, -1.0, stage=-1, branch_dtype=base.dtype),
                 *(StackEntry(bound, multiplier) for bound, multiplier in stack)]
