@@ -184,6 +184,13 @@ class AIToolkitSample:
                 "guidance_rescale": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                                "tooltip": "sample.guidance_rescale (SDXL only, as in ai-toolkit)."}),
                 **{name: ("IMAGE", {"tooltip": _control_tooltip(i)}) for i, name in enumerate(CONTROL_INPUTS)},
+                "lora_mode": (list(LORA_MODES), {"default": "merged",
+                                                 "tooltip": "How ai-toolkit applied the LoRA in that sample event. "
+                                                            "merged: its default (fp32 merge, one rounding). fp32 "
+                                                            "branch: what it does when the run's sample prompts use "
+                                                            "different --m multipliers (or a quantized base): the "
+                                                            "LoRA runs unmerged in fp32 beside each layer."}),
+                # appended after lora_mode: saved UI workflows keep their widget order
                 "num_frames": ("INT", {"default": 0, "min": 0, "max": engine.MAX_FRAMES, "step": 1,
                                        "tooltip": "Video models: sample num_frames; 0 = the model default ("
                                                   f"{_VIDEO_DEFAULTS}). Snapped as ai-toolkit's pipeline does "
@@ -192,12 +199,6 @@ class AIToolkitSample:
                 "fps": ("INT", {"default": 0, "min": 0, "max": engine.MAX_FPS, "step": 1,
                                 "tooltip": "Video models: sample fps (the video's frame rate; 0 = the model "
                                            "default). A --fps flag overrides it. Image models ignore it."}),
-                "lora_mode": (list(LORA_MODES), {"default": "merged",
-                                                 "tooltip": "How ai-toolkit applied the LoRA in that sample event. "
-                                                            "merged: its default (fp32 merge, one rounding). fp32 "
-                                                            "branch: what it does when the run's sample prompts use "
-                                                            "different --m multipliers (or a quantized base): the "
-                                                            "LoRA runs unmerged in fp32 beside each layer."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

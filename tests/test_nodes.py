@@ -30,7 +30,8 @@ def test_contract_inputs_with_tooltips(models_dir):
 
 def test_combos_list_registry_and_model_folders(models_dir):
     load = pack.NODE_CLASS_MAPPINGS["LoadAIToolkitPipeline"].INPUT_TYPES()["required"]
-    assert load["model"][0] == ["sd15", "sdxl", "flux", "flex1", "flux_kontext", "flex2", "chroma"]
+    assert load["model"][0][:7] == ["sd15", "sdxl", "flux", "flex1", "flux_kontext", "flex2", "chroma"]  # then the
+    assert load["model"][0][7:9] == ["wan21_1b", "wan21_14b"]  # later families, in registry ORDER
     assert load["base"][0][0] == "default" and "tiny-sdxl" in load["base"][0]
     assert "tiny-sd15.safetensors" in load["base"][0]
     loras = pack.NODE_CLASS_MAPPINGS["ApplyAIToolkitLoRA"].INPUT_TYPES()["required"]["lora_name"][0]
