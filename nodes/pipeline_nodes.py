@@ -15,7 +15,7 @@ from ..pipelines.errors import InputError
 from ..pipelines.registry import REGISTRY, model_ids
 from ..pipelines.spec import ControlSlot
 from ..pipelines.sources import CHECKPOINT_EXTS, LORA_EXTS
-from .comfy_bridge import check_interrupted, log, model_roots, step_callback
+from .comfy_bridge import check_interrupted, log, make_video, model_roots, show_text, step_callback
 from .memory import comfy_device, make_room
 
 PIPELINE_TYPE = "AITK_PIPELINE"
@@ -23,6 +23,9 @@ LORA_MODES = {"merged": "merge", "fp32 branch": "branch"}
 CATEGORY = "AI Toolkit"
 CONTROL_INPUTS = ("control_image", "control_image_2", "control_image_3")  # CONTRACT.md
 _QUANT_PRESETS = ", ".join(f"{s.id} {s.quant.preset}" for s in REGISTRY.values() if s.quant.preset) or "none"
+VIDEO_INPUTS = ("num_frames", "fps")  # CONTRACT.md
+_VIDEO_DEFAULTS = "; ".join(f"{s.id} {s.media.default_frames} frames at {s.media.fps} fps"
+                            for s in REGISTRY.values() if s.media.is_video) or "no video model yet"
 
 
 def _check_handle(pipeline) -> None:
@@ -133,12 +136,17 @@ class ApplyAIToolkitLoRA:
 
 class AIToolkitSample:
     DESCRIPTION = ("Renders ai-toolkit's training preview for a prompt: same sampler, noise, negative handling, "
-                   "CFG and size rounding as ai-toolkit's sampler. Connect SaveImage to keep the exact pixels.")
+                   "CFG and size rounding as ai-toolkit's sampler. Connect SaveImage to keep the exact pixels; for video "
+                   "models Save Video writes a playable file.")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("image",)
-    OUTPUT_TOOLTIPS = ("The preview's 8-bit pixels (values k/255), so SaveImage writes exactly ai-toolkit's image.",)
+    RETURN_TYPES = ("IMAGE", "VIDEO")
+    RETURN_NAMES = ("image", "video")
+    OUTPUT_TOOLTIPS = ("The preview's 8-bit pixels (values k/255), so SaveImage writes exactly ai-toolkit's image; for "
+                       "video models the frames as a batch.",
+                       "The preview as ComfyUI VIDEO with its fps (and audio where the model makes it), for Save "
+                       "Video (H.264, lossy; the exact pixels are the image output). Image models: their images as "
+                       "frames at 1 fps.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -182,23 +190,58 @@ class AIToolkitSample:
                                                             "branch: what it does when the run's sample prompts use "
                                                             "different --m multipliers (or a quantized base): the "
                                                             "LoRA runs unmerged in fp32 beside each layer."}),
+                # appended after lora_mode: saved UI workflows keep their widget order
+                "num_frames": ("INT", {"default": 0, "min": 0, "max": engine.MAX_FRAMES, "step": 1,
+                                       "tooltip": "Video models: sample num_frames; 0 = the model default ("
+                                                  f"{_VIDEO_DEFAULTS}). Snapped as ai-toolkit's pipeline does "
+                                                  "(Wan: 4k+1, e.g. 42 -> 41). A --frames flag overrides it. Image "
+                                                  "models ignore it."}),
+                "fps": ("INT", {"default": 0, "min": 0, "max": engine.MAX_FPS, "step": 1,
+                                "tooltip": "Video models: sample fps (the video's frame rate; 0 = the model "
+                                           "default). A --fps flag overrides it. Image models ignore it."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, pipeline, prompt, negative_prompt="", trigger_word="", width=0, height=0, seed=42, steps=0,
-               guidance_scale=-1.0, guidance_rescale=0.0, lora_mode="merged", unique_id=None, **images):
+               guidance_scale=-1.0, guidance_rescale=0.0, lora_mode="merged", num_frames=0, fps=0, unique_id=None,
+               **images):
         _check_handle(pipeline)
         mode = _choice("lora_mode", lora_mode, LORA_MODES)
         spec = pipeline.spec
         controls = _controls(spec, images)
+        num_frames, fps = _video_values(spec, num_frames, fps)
         request = engine.build_request(spec, prompt, negative_prompt, trigger_word, width, height, seed, steps,
-                                       guidance_scale, guidance_rescale, controls=controls)
+                                       guidance_scale, guidance_rescale, controls=controls, num_frames=num_frames,
+                                       fps=fps)
         check_interrupted()
         make_room(pipeline.base.device)
         result = engine.render(pipeline, request, on_step=step_callback(spec, request.steps, unique_id, request),
                                lora_mode=mode)
-        return (images_to_comfy(result.frames),)
+        for note in result.notes:
+            log.info("[AI Toolkit] %s: %s", spec.id, note)
+        show_text(unique_id, list(result.notes))
+        image = images_to_comfy(result.frames)
+        return (image, make_video(image, result.fps or 1, audio_to_comfy(result.audio)))
+
+
+def _video_values(spec, num_frames, fps) -> tuple:
+    """The node's num_frames/fps for the request; an image model ignores them with a warning in the log, as it
+    ignores a control image it has no slot for."""
+    if spec.media.is_video:
+        return num_frames, fps
+    for name, value in (("num_frames", num_frames), ("fps", fps)):
+        if value not in (0, None):
+            log.warning("[AI Toolkit] %s renders images: %s %s is ignored.", spec.id, name, value)
+    return 0, 0
+
+
+def audio_to_comfy(audio):
+    """A Render's `Audio` (float [channels, samples]) → ComfyUI AUDIO `{"waveform": [1, C, S], "sample_rate"}`."""
+    if audio is None:
+        return None
+    waveform = torch.from_numpy(np.ascontiguousarray(audio.waveform, dtype=np.float32))
+    return {"waveform": waveform.unsqueeze(0), "sample_rate": int(audio.sample_rate)}
 
 
 def _control_tooltip(index: int) -> str:

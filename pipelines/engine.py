@@ -32,6 +32,8 @@ from .training_config import find_training_config
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 MAX_SIDE = 8192
 MAX_STEPS = 1000
+MAX_FRAMES = 1025   # video frame counts (ai-toolkit presets use 41-121)
+MAX_FPS = 240
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
 # Far beyond any useful LoRA strength or guidance (the node widgets stop at 10 and 100); past these the picture is
 # saturated noise or non-finite, so such a value is a typo (or a prompt flag gone wrong), not a preview setting.
@@ -243,13 +245,16 @@ def _default_if_negative(value, default):
 
 def build_request(spec, prompt: str, negative_prompt: str = "", trigger_word: str | None = None, width: int = 0,
                   height: int = 0, seed: int = 42, steps: int = 0, guidance_scale: float = -1.0,
-                  guidance_rescale: float = 0.0, controls: tuple = ()) -> SampleRequest:
-    """The node's values → the request ai-toolkit would render. 0 (size, steps) or a negative guidance means the
-    model's default; flags in the prompt then override; finally the size is floored as ai-toolkit does.
+                  guidance_rescale: float = 0.0, controls: tuple = (), num_frames: int = 0,
+                  fps: int = 0) -> SampleRequest:
+    """The node's values → the request ai-toolkit would render. 0 (size, steps, frames, fps) or a negative guidance
+    means the model's default; flags in the prompt then override; finally the size is floored and the frame count
+    snapped as ai-toolkit does (`SizeRule`, `MediaSpec.snap_frames`; image models always render 1 frame).
     `controls`: the control images (PIL RGB or None) in the order of the spec's control slots."""
     d = spec.defaults
     width, height, steps, seed = (check_int(label, v) for label, v in (("width", width or 0), ("height", height or 0),
                                                                        ("steps", steps or 0), ("seed", seed)))
+    num_frames, fps = check_int("num_frames", num_frames or 0), check_int("fps", fps or 0)
     width, height = width or d.width, height or d.height
     for label, side in (("width", width), ("height", height)):
         if side < spec.size.minimum or side > MAX_SIDE:
@@ -258,7 +263,8 @@ def build_request(spec, prompt: str, negative_prompt: str = "", trigger_word: st
     request = SampleRequest(prompt=prompt or "", negative_prompt=negative_prompt or "", width=int(width),
                             height=int(height), seed=int(seed), steps=int(steps or d.steps),
                             guidance_scale=_default_if_negative(guidance_scale, d.guidance_scale),
-                            guidance_rescale=guidance_rescale, controls=tuple(controls))
+                            guidance_rescale=guidance_rescale, controls=tuple(controls),
+                            num_frames=num_frames or spec.media.default_frames, fps=fps or spec.media.fps or 1)
     request = prepare(request, trigger_word if trigger_word else None)
     request = replace(request, guidance_scale=check_number(
         "guidance_scale (--cfg/--l)", request.guidance_scale, 0.0, MAX_GUIDANCE,
@@ -277,12 +283,18 @@ def build_request(spec, prompt: str, negative_prompt: str = "", trigger_word: st
     if not 1 <= request.steps <= max_steps:
         raise InputError(f"steps must be 1..{max_steps} for {spec.id}, got {request.steps} "
                          "(0 means the model default).")
+    for label, value, top in (("num_frames (--frames)", request.num_frames, MAX_FRAMES),
+                              ("fps (--fps)", request.fps, MAX_FPS)):
+        if not 1 <= value <= top:
+            raise InputError(f"{label} must be 1..{top} for {spec.id}, got {value} (0 on the node means the model "
+                             f"default, {spec.media.default_frames} frames at {spec.media.fps or 1} fps).")
     seed = request.seed
     if seed == -1:  # ai-toolkit: a random seed
         seed = random.randint(0, 2 ** 32 - 1)
     if not 0 <= seed <= MAX_SEED:
         raise InputError(f"seed must be 0..{MAX_SEED} (or -1 for random), got {seed}.")
-    return replace(request, width=width, height=height, seed=seed)
+    return replace(request, width=width, height=height, seed=seed,
+                   num_frames=spec.media.snap_frames(request.num_frames))
 
 
 def _live(handle: PipelineHandle) -> tuple:
@@ -312,17 +324,20 @@ def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None =
     base, chain = _live(handle)
     multiplier = request.network_multiplier
     stack = [(bound, strength if multiplier is None else multiplier) for bound, strength in chain]
+    # "match training" may depend on the LoRAs (e.g. the ai-toolkit version that made the preview): the family says
+    sampler, sampler_note = base.family.sampler_for(base.spec, [bound.info for bound, _ in stack], sampler)
     with base.lock:
         base.patcher.set_stack(base.family.lora_stack(base, request, stack), lora_mode)
         out = base.family.generate(base.spec, base.pipe, request, sampler=sampler,
                                    on_step=_finite_steps(stack, base.dtype, on_step))
     if not isinstance(out, Render):
         out = Render(frames=out)
-    notes = ()
+    notes = (sampler_note,) if sampler_note else ()
     if base.quantization:  # a preset may quantize only a part the LoRA does not touch (Lumina2: the text encoder)
-        how = "LoRA as an fp32 branch" if getattr(base.patcher, "quantized", True) else "LoRA merged"
-        notes = (f"quantized base: {base.quantization} on {', '.join(base.spec.quant.components)} ({how})",)
-    return replace(out, frames=to_uint8(out.frames, stack, base.dtype), notes=out.notes + notes)
+        how = "LoRA as an fp32 branch" if base.patcher.quantized else "LoRA merged"
+        notes += (f"quantized base: {base.quantization} on {', '.join(base.spec.quant.components)} ({how})",)
+    fps = out.fps if out.fps is not None or not base.spec.media.is_video else float(request.fps)
+    return replace(out, frames=to_uint8(out.frames, stack, base.dtype), fps=fps, notes=out.notes + notes)
 
 
 def _likely_cause(stack, dtype) -> str:

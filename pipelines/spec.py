@@ -71,11 +71,29 @@ class GuidanceSpec:
 
 @dataclass(frozen=True)
 class MediaSpec:
-    """What the model renders: "image", "video" or "video+audio"; video frame counts are `frame_step * k + 1`."""
+    """What the model renders: "image", "video" or "video+audio".
+
+    Video: `default_frames` and `fps` are the UI preset's `sample.num_frames` / `sample.fps`; frame counts are
+    `frame_step * k + 1`, and a count that is not is snapped as ai-toolkit's pipeline snaps it (`snap_frames`)."""
     kind: str = "image"
     frame_step: int = 0
     default_frames: int = 1
     fps: int = 0
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind.startswith("video")
+
+    def snap_frames(self, frames: int) -> int:
+        """The frame count the pipeline renders for a requested one: 1 for image models; else, when
+        `frames % frame_step != 1`, `frames // frame_step * frame_step + 1` (Diffusers' WanPipeline and ai-toolkit's
+        Wan22Pipeline, step 4: 6 -> 5, 7 -> 5, 8 -> 9, 42 -> 41), at least 1."""
+        if not self.is_video:
+            return 1
+        step = self.frame_step
+        if step > 1 and frames % step != 1:
+            frames = frames // step * step + 1
+        return max(int(frames), 1)
 
 
 @dataclass(frozen=True)

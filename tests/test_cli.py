@@ -38,8 +38,8 @@ def test_generate_matches_the_nodes(models_dir, nodes, tmp_path):
     (h,) = load.load(model="sdxl", base="tiny-sdxl", dtype="fp32", device="cpu")
     h = apply.apply(pipeline=h, lora_name="sdxl_kohya_conv.safetensors", strength=0.8)["result"][0]
     h = apply.apply(pipeline=h, lora_name="sdxl_kohya_b.safetensors", strength=1.0)["result"][0]
-    (image,) = sample.sample(pipeline=h, prompt="photo of [trigger] --n blurry", negative_prompt="",
-                             trigger_word="ohwx", width=64, height=64, seed=5, steps=4, guidance_scale=-1)
+    image = sample.sample(pipeline=h, prompt="photo of [trigger] --n blurry", negative_prompt="",
+                          trigger_word="ohwx", width=64, height=64, seed=5, steps=4, guidance_scale=-1)[0]
     np.testing.assert_array_equal(np.asarray(Image.open(out)), np.rint(image[0].numpy() * 255).astype(np.uint8))
 
 

@@ -24,7 +24,7 @@ def node_pixels(nodes, model, dtype, loras=(), **inputs):
         handle = apply.apply(pipeline=handle, lora_name=f"{name}.safetensors", strength=strength)["result"][0]
     values = dict(negative_prompt="", trigger_word="", seed=42, guidance_scale=6.0, **SMALL)
     values.update(inputs)
-    (image,) = sample.sample(pipeline=handle, **values)
+    image = sample.sample(pipeline=handle, **values)[0]
     assert image.dtype == torch.float32 and image.shape[-1] == 3
     return np.rint(image[0].numpy() * 255).astype(np.uint8)
 

@@ -59,6 +59,13 @@ class Family:
     def scheduler(self, spec, sampler: str | None = None):
         return make_scheduler(spec, sampler)
 
+    def sampler_for(self, spec, loras, sampler: str | None = None) -> tuple[str | None, str | None]:
+        """(sampler name, note for the render's notes) for one render. `loras`: the `LoraInfo` of the applied chain
+        (what each file says about itself: `software_version` …); `sampler`: the user's choice, None or "match
+        training" for the one ai-toolkit previewed with. Default: the user's choice, else the entry's sampler, no
+        note. A family whose preview sampler changed across ai-toolkit versions picks it from the LoRAs here."""
+        return sampler, None
+
     def check_request(self, spec, request) -> None:
         """Refuse a request the model cannot render (a required control image missing …) before anything runs."""
         for index, slot in enumerate(spec.controls):
@@ -74,7 +81,10 @@ class Family:
         raise NotImplementedError
 
     def preview_latents(self, spec, latents, request):
-        """The latents of the first image as [C, h, w] for the live preview, or None."""
+        """The latents of the first image as [C, h, w] for the live preview, or None. Video latents
+        [B, C, F, h, w]: the middle latent frame of the first video."""
+        if latents is not None and latents.ndim == 5:
+            return latents[0, :, latents.shape[2] // 2]
         if latents is None or latents.ndim != 4:
             return None
         return latents[0]
