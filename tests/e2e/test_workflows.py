@@ -36,16 +36,16 @@ import urllib.parse
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 from comfy_harness import PromptError, history_error
 from comfy_ws import WsListener, finished
 from PIL import Image
 from workflow_support import (  # noqa: F401  (fixtures: e2e_models, comfy_server*, browser, library)
     CONTRACT_INPUTS, DOCS, FULL_RUN_TIMEOUT, FULL_SIZE, NEW_THUMBS, QUICK, SMALL, TRIGGER, TRUNCATED, UI_SIZE_STEPS,
-    UPDATE_DOCS, comfy_extra_args, comfy_server_env,
-    WORKFLOWS, WRONG_FAMILY, assert_same_pixels, assert_success, browser, cached_nodes, comfy_server, e2e_models,
-    example_workflows, find, fresh_seed, library, load_json, saved_image, small_prompt, small_twin, touch, twin_path,
-    ui_nodes, workflow_model, workflow_path)
+    UPDATE_DOCS, WORKFLOWS, WRONG_FAMILY, assert_same_pixels, assert_success, browser, cached_nodes, comfy_extra_args,
+    comfy_server, comfy_server_env, e2e_models, example_workflows, find, fresh_seed, library, load_json, saved_image,
+    saved_video, small_prompt, small_twin, touch, twin_path, ui_nodes, workflow_model, workflow_path)
 
 from aitk_pack.nodes.pipeline_nodes import CONTROL_INPUTS
 from aitk_pack.pipelines import engine
@@ -69,7 +69,7 @@ def test_object_info_has_the_contract_inputs(comfy_server, e2e_models):
         assert info[cls]["display_name"] != cls, f"{cls} has no display name"
     load, lora, sample, options = (info[c] for c in CONTRACT_INPUTS)
     assert load["output"] == lora["output"] == options["output"] == ["AITK_PIPELINE"]
-    assert sample["output"] == ["IMAGE"]
+    assert sample["output"] == ["IMAGE", "VIDEO"]
     assert (lora["input"]["required"]["pipeline"][0] == sample["input"]["required"]["pipeline"][0]
             == options["input"]["required"]["pipeline"][0] == "AITK_PIPELINE")
 
@@ -274,8 +274,15 @@ def test_api_twin_renders_through_post_prompt(comfy_server, library, model):
     assert_success(entry)
     assert find(prompt, "AIToolkitSample") not in cached_nodes(entry)
     saved = saved_image(comfy_server, entry)
-    assert saved.shape == (64, 64, 3)
-    assert_same_pixels(saved, library.image(prompt), f"{twin_path(model).name} at 64x64, 4 steps")
+    expected = library.image(prompt)
+    assert saved.shape[1:] == (64, 64, 3) and len(saved) == REGISTRY[model].media.snap_frames(
+        REGISTRY[model].media.default_frames)
+    assert_same_pixels(saved, expected, f"{twin_path(model).name} at 64x64, 4 steps")
+    if any(node["class_type"] == "SaveVideo" for node in prompt.values()):
+        video, fps = saved_video(comfy_server, entry)
+        assert video.shape == saved.shape and fps == REGISTRY[model].media.fps, (video.shape, fps)
+        # h264 is lossy: the video shows the frames, not their exact values
+        assert np.abs(video.astype(int) - saved.astype(int)).mean() < 12, "the video does not show the frames"
 
 
 # --- errors ---------------------------------------------------------------------------------------------------------

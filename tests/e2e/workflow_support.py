@@ -49,14 +49,14 @@ CONTRACT_INPUTS = {
     "LoadAIToolkitPipeline": (["model", "base", "dtype", "device"], ["quantization"]),
     "ApplyAIToolkitLoRA": (["pipeline", "lora_name", "strength"], []),
     "AIToolkitSample": (["pipeline", "prompt", "negative_prompt", "trigger_word", "width", "height", "seed", "steps",
-                         "guidance_scale"], ["guidance_rescale", *CONTROL_INPUTS, "lora_mode"]),
+                         "guidance_scale"], ["guidance_rescale", *CONTROL_INPUTS, "lora_mode", "num_frames", "fps"]),
     "AIToolkitModelOptions": (["pipeline", "attn_masking"], []),
 }
 # LoadAIToolkitPipeline / AIToolkitSample inputs the library reference understands (an input not listed here fails
 # the comparison, so a new input that changes the picture cannot be ignored silently).
 LOAD_VALUES = ("model", "base", "dtype", "device", "quantization")
 SAMPLE_VALUES = ("negative_prompt", "trigger_word", "width", "height", "seed", "steps", "guidance_scale",
-                 "guidance_rescale")
+                 "guidance_rescale", "num_frames", "fps")
 SAMPLE_OTHERS = ("pipeline", "prompt", "lora_mode", *CONTROL_INPUTS)
 # Sample widgets_values positions of width, height and steps in the UI format (after seed comes "control after
 # generate", a frontend-only widget)
@@ -255,7 +255,8 @@ def browser(request, comfy_server):
 # --- the library in this process: the reference for every image ----------------------------------------------------
 
 class Library:
-    """Renders an API-format prompt's AIToolkitSample through `pipelines.engine` directly (memoised)."""
+    """Renders an API-format prompt's AIToolkitSample through `pipelines.engine` directly (memoised): uint8 frames
+    [T, H, W, 3] (T = 1 for an image model)."""
 
     def __init__(self, loras: Path, inputs: Path):
         self.roots = ModelRoots(loras=(str(loras),))
@@ -305,9 +306,9 @@ class Library:
             images = tuple(read_like_load_image(self.inputs / controls[slot.name]) if slot.name in controls else None
                            for slot in handle.spec.controls)
             values = {k: sample[k] for k in SAMPLE_VALUES if k in sample}
-            [image] = engine.generate(handle, sample["prompt"], **values, controls=images, **options)
+            frames = engine.generate(handle, sample["prompt"], **values, controls=images, **options)
             self.seconds[key] = time.perf_counter() - t0
-            self.images[key] = image
+            self.images[key] = frames
         return self.images[key]
 
 
@@ -338,9 +339,23 @@ def assert_same_pixels(actual: np.ndarray, expected: np.ndarray, what: str):
 
 
 def saved_image(server: ComfyServer, entry: dict) -> np.ndarray:
-    [path] = server.output_paths(entry)
-    assert path.is_file(), path
-    return png_pixels(path)
+    """The frames the prompt's SaveImage wrote, [T, H, W, 3] in batch order (one PNG per frame)."""
+    node = find(entry["prompt"][2], "SaveImage")
+    paths = server.output_paths({"outputs": {node: entry["outputs"][node]}})
+    assert paths and all(p.is_file() for p in paths), paths
+    return np.stack([png_pixels(p) for p in paths])
+
+
+def saved_video(server: ComfyServer, entry: dict) -> tuple[np.ndarray, float]:
+    """The frames and frame rate of the file the prompt's SaveVideo wrote, decoded with PyAV (what a player reads)."""
+    import av
+
+    node = find(entry["prompt"][2], "SaveVideo")
+    [path] = server.output_paths({"outputs": {node: entry["outputs"][node]}})
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+        return frames, float(stream.average_rate)
 
 
 def assert_success(entry: dict):
