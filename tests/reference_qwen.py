@@ -87,20 +87,17 @@ def merge_lora(parts: dict, state_dict: dict, multiplier: float = 1.0) -> int:
 
 def branch_lora(parts: dict, state_dict: dict, multiplier: float = 1.0) -> int:
     """The unmerged fp32 side branch ai-toolkit runs on a quantized base (`ToolkitModuleMixin.forward`):
-    `org(x) + (up(down(x.float())) * 1.0 * m).to(org dtype)`."""
+    `org(x) + (up(down(x.float())) * 1.0 * [m]).to(org dtype)`, with trainable fp32 `nn.Linear` up/down as ai-toolkit
+    holds them (tests/reference_flux.py `_Branch`, written from the same code)."""
+    from tests.reference_flux import _Branch
+
     paths = _lora_paths(state_dict)
     for path in paths:
         module = parts["transformer"].get_submodule(path)
-        a = state_dict[f"diffusion_model.{path}.lora_A.weight"].float()
-        b = state_dict[f"diffusion_model.{path}.lora_B.weight"].float()
-        org = module.forward
-
-        def forward(x, org=org, a=a, b=b):
-            out = org(x)
-            lx = F.linear(F.linear(x.to(torch.float32), a.to(x.device)), b.to(x.device))
-            lx = lx * torch.tensor(1.0) * torch.tensor([float(multiplier)])
-            return out + lx.to(out.dtype)
-        module.forward = forward
+        branch = _Branch(module.forward, state_dict[f"diffusion_model.{path}.lora_A.weight"],
+                         state_dict[f"diffusion_model.{path}.lora_B.weight"], multiplier)
+        module._aitk_branch = branch
+        module.forward = branch.forward
     return len(paths)
 
 

@@ -170,7 +170,9 @@ def test_wrong_choices_change_the_picture(models, roots, monkeypatch, capsys):
     shift), no CFG norm rescale, the 1/n-less sigmas. Each must move the picture (these are what ai-toolkit does)."""
     want = render(roots, "fp32")
     out = {}
-    monkeypatch.setattr(ref, "SCHEDULER_CONFIG", {"num_train_timesteps": 1000, "shift": 1.0})
+    stock = {"num_train_timesteps": 1000, "shift": 1.0, "use_dynamic_shifting": False, "base_shift": 0.5,
+             "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
+    monkeypatch.setattr(ref, "SCHEDULER_CONFIG", stock)  # FlowMatchEulerDiscreteScheduler() defaults
     out["stock scheduler"] = levels(reference(models, "fp32"), want)
     monkeypatch.undo()
     original = ref._denoise
