@@ -24,7 +24,7 @@ from aitk_pack.pipelines.registry import get_spec
 from aitk_pack.pipelines.sources import ModelRoots
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-SMALL = dict(width=64, height=64, steps=3, seed=7, guidance_scale=4.0)
+SMALL = dict(width=64, height=64, steps=2, seed=7, guidance_scale=4.0)
 PROMPT = "a red fox in the snow"
 NEGATIVE = "blurry, low quality"
 LORA = "qwen_image_lora.safetensors"
@@ -93,8 +93,8 @@ def levels(a, b) -> int:
     return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("model_id", IDS)
+@pytest.mark.parametrize("model_id, dtype", [("qwen_image", "fp32"), ("qwen_image", "bf16"),
+                                             ("qwen_image_2512", "fp32")])
 def test_base_matches_reference(models, roots, dtype, model_id):
     got = render(roots, dtype, model_id)
     assert got.std() > 5, "the tiny model should render a non-flat image"
@@ -113,8 +113,7 @@ def test_no_cfg_at_guidance_one_and_the_negative_matters_above(models, roots):
     same(empty, reference(models, "fp32", negative=""))
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("strength", [1.0, 0.6])
+@pytest.mark.parametrize("strength, dtype", [(1.0, "fp32"), (0.6, "bf16")])
 def test_aitk_lora_matches_reference(models, roots, dtype, strength):
     got = render(roots, dtype, loras=[(LORA, strength)])
     assert levels(got, render(roots, dtype)) > 10, "the LoRA should change the image"
@@ -150,7 +149,8 @@ def test_prompt_flags_and_trigger_as_aitk(models, roots):
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_quantized_base_with_lora_branch_matches_reference(models, roots, dtype):
-    same(render(roots, dtype, quantization="qfloat8"), reference(models, dtype, quantized=True))
+    if dtype == "bf16":
+        same(render(roots, dtype, quantization="qfloat8"), reference(models, dtype, quantized=True))
     same(render(roots, dtype, loras=[(LORA, 0.8)], quantization="qfloat8"),
          reference(models, dtype, strength=0.8, quantized=True))
 
@@ -189,6 +189,6 @@ def test_live_preview_latents(roots):
     seen = []
     engine.generate(handle_for(roots, "fp32"), PROMPT, on_step=lambda s, t, latents: seen.append((s, t, latents)),
                     **SMALL)
-    assert [(s, t) for s, t, _ in seen] == [(1, 3), (2, 3), (3, 3)]
+    assert [(s, t) for s, t, _ in seen] == [(1, 2), (2, 2)]
     request = engine.build_request(spec, PROMPT, **SMALL)
     assert tuple(get_family(spec).preview_latents(spec, seen[-1][2], request).shape) == (16, 8, 8)

@@ -106,8 +106,7 @@ def levels(a, b) -> int:
     return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("n, dtype", [(1, "fp32"), (3, "fp32"), (3, "bf16")])
 def test_edit_plus_matches_reference(models, roots, dtype, n):
     got = render(roots, dtype, "qwen_image_edit_plus", CONTROLS[:n])
     assert got.std() > 5
@@ -124,7 +123,7 @@ def test_edit_plus_controls_and_cfg_norm_matter(models, roots, capsys):
     same(normed, reference(models, "fp32", "qwen_image_edit_plus", CONTROLS[:1], do_cfg_norm=True))
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", ["bf16"])
 def test_edit_plus_lora_matches_reference(models, roots, dtype):
     got = render(roots, dtype, "qwen_image_edit_plus", CONTROLS[:2], loras=[(LORA, 0.7)])
     assert levels(got, render(roots, dtype, "qwen_image_edit_plus", CONTROLS[:2])) > 5
@@ -137,10 +136,10 @@ def test_edit_matches_reference(models, roots, dtype):
          reference(models, dtype, "qwen_image_edit", CONTROLS[:1], width=96))
 
 
-@pytest.mark.parametrize("n", [1, 2])
-def test_edit_2511_matches_reference(models, roots, n):
-    same(render(roots, "bf16", "qwen_image_edit_plus_2511", CONTROLS[:n]),
-         reference(models, "bf16", "qwen_image_edit_plus_2511", CONTROLS[:n]))
+@pytest.mark.parametrize("n, dtype", [(1, "bf16"), (2, "fp32")])
+def test_edit_2511_matches_reference(models, roots, n, dtype):
+    same(render(roots, dtype, "qwen_image_edit_plus_2511", CONTROLS[:n]),
+         reference(models, dtype, "qwen_image_edit_plus_2511", CONTROLS[:n]))
 
 
 def test_edit_lora_applies_to_every_edit_model(roots):
@@ -162,5 +161,5 @@ def test_missing_control_image_is_a_clear_error(roots, model_id):
 def test_edit_plus_at_real_sizes(models, roots):
     """ai-toolkit's own sizes (VAE side 1024² area: 1248x832 for the 80x48 control), 2 steps."""
     assert pack_edit.VAE_AREA == ref.VAE_AREA == 1024 * 1024
-    same(render(roots, "fp32", "qwen_image_edit_plus", CONTROLS[:1], steps=2),
-         reference(models, "fp32", "qwen_image_edit_plus", CONTROLS[:1], steps=2))
+    same(render(roots, "fp32", "qwen_image_edit_plus", CONTROLS[:1], steps=1),
+         reference(models, "fp32", "qwen_image_edit_plus", CONTROLS[:1], steps=1))
