@@ -18,7 +18,7 @@ from tests.fixtures import tiny_flux, tiny_qwen
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
-from aitk_pack.pipelines.errors import LoraError
+from aitk_pack.pipelines.errors import LoraError, RenderError
 from aitk_pack.pipelines.families import get_family
 from aitk_pack.pipelines.registry import get_spec
 from aitk_pack.pipelines.sources import ModelRoots
@@ -192,3 +192,10 @@ def test_live_preview_latents(roots):
     assert [(s, t) for s, t, _ in seen] == [(1, 2), (2, 2)]
     request = engine.build_request(spec, PROMPT, **SMALL)
     assert tuple(get_family(spec).preview_latents(spec, seen[-1][2], request).shape) == (16, 8, 8)
+
+
+def test_one_step_is_nan_as_in_aitk(roots):
+    """Qwen's `shift_terminal` stretch divides by 1 - sigma_last = 0 for sigmas linspace(1, 1, 1): ai-toolkit's
+    1-step preview is NaN (black); the pack says so instead of returning a black image."""
+    with pytest.raises(RenderError, match="NaN"):
+        render(roots, "fp32", steps=1)
