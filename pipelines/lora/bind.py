@@ -18,7 +18,7 @@ from .parse import LoraModule, parse_tensors
 # registry's own entries name theirs in `ModelSpec.base_versions`; `known_base_versions` joins both).
 OTHER_BASE_VERSIONS = {
     "sd_2.1": "SD 2.1", "sd_v2": "SD 2.x", "ssd": "SSD-1B", "vega": "Vega", "sd_3": "SD3",
-    "pixart": "PixArt", "auraflow": "AuraFlow", "qwen_image": "Qwen-Image",
+    "pixart": "PixArt", "auraflow": "AuraFlow",
     "wan_2.2_14b": "Wan 2.2", "wan_2.2_5b": "Wan 2.2 5B", "hidream_i1": "HiDream",
     "omnigen2": "OmniGen2", "ltx2": "LTX-2",
 }
