@@ -335,6 +335,10 @@ def test_live_preview_latents(roots):
     assert [(s, t) for s, t, _ in seen] == [(1, 3), (2, 3), (3, 3)]
     request = engine.build_request(spec, PROMPT, **SMALL)
     assert tuple(get_family(spec).preview_latents(spec, seen[-1][2], request).shape) == (32, 8, 8)
+    from aitk_pack.pipelines.preview import latent_to_image
+
+    image = latent_to_image(spec, seen[-1][2], request=request)  # ComfyUI's Flux2 factors on the unfolded latent
+    assert image is not None and image.size[0] == image.size[1] and len(set(image.getdata())) > 1
 
 
 # ----------------------------------------------------------------------------- ai-toolkit's own code (bf16 exactness)

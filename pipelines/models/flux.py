@@ -8,20 +8,13 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from ..families.flux.options import FluxOptions
+from .. import latent_formats
 from ..flowmatch import FLUX_CONFIG
-from ..spec import (ControlSlot, GuidanceSpec, LatentPreview, LoraLayout, ModelSpec, QuantSpec, SampleDefaults,
+from ..spec import (ControlSlot, GuidanceSpec, LoraLayout, ModelSpec, QuantSpec, SampleDefaults,
                     SchedulerSpec, SizeRule)
 
 ORDER = 10
 
-# ComfyUI's latent_formats.Flux preview factors (16 latent channels).
-_FLUX_RGB = ((-0.0346, 0.0244, 0.0681), (0.0034, 0.0210, 0.0687), (0.0275, -0.0668, -0.0433),
-             (-0.0174, 0.0160, 0.0617), (0.0859, 0.0721, 0.0329), (0.0004, 0.0383, 0.0115),
-             (0.0405, 0.0861, 0.0915), (-0.0236, -0.0185, -0.0259), (-0.0245, 0.0250, 0.1180),
-             (0.1008, 0.0755, -0.0421), (-0.0515, 0.0201, 0.0011), (0.0428, -0.0012, -0.0036),
-             (0.0817, 0.0765, 0.0749), (-0.1264, -0.0522, -0.1103), (-0.0280, -0.0881, -0.0499),
-             (-0.1262, -0.0982, -0.0778))
-_FLUX_PREVIEW = LatentPreview(_FLUX_RGB, (-0.0329, -0.0718, -0.0851))
 # ai-toolkit's FLUX-family UI presets (options.tsx): flowmatch sampler; quantize + quantize_te with qfloat8
 # (jobConfig.ts); sample defaults 1024², 30 steps, guidance 4 (defaultSamples.ts).
 _FLOW_DEFAULTS = SampleDefaults(steps=30, guidance_scale=4.0, width=1024, height=1024)
@@ -35,7 +28,7 @@ _FLUX_LORA = LoraLayout(
 )
 FLUX_COMMON = dict(family="flux", compatible_pipelines=("FluxPipeline", "FluxKontextPipeline"), defaults=_FLOW_DEFAULTS,
                    scheduler=_FLUX_SCHEDULER, lora=_FLUX_LORA,
-                    size=_FLUX_SIZE, guidance=GuidanceSpec("embedded"), quant=FLUX_QUANT, preview=_FLUX_PREVIEW,
+                    size=_FLUX_SIZE, guidance=GuidanceSpec("embedded"), quant=FLUX_QUANT, preview=latent_formats.FLUX,
                     options=FluxOptions())
 
 SPECS = (

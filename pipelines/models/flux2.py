@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from .. import latent_formats
 from ..flowmatch import FLUX_CONFIG
 from ..quantize import QuantizeRule
 from ..spec import (ControlSlot, GuidanceSpec, LoraLayout, ModelSpec, QuantSpec, SampleDefaults, SchedulerSpec,
@@ -33,7 +34,7 @@ _REFS = (
     ControlSlot("control_image_2", False, "reference image 2 (ai-toolkit ctrl_img_2)"),
     ControlSlot("control_image_3", False, "reference image 3 (ai-toolkit ctrl_img_3)"),
 )
-_COMMON = dict(family="flux2", defaults=_DEFAULTS, scheduler=_SCHEDULER, lora=_LORA, size=_SIZE, quant=_QUANT,
+_COMMON = dict(family="flux2", preview=latent_formats.FLUX2, defaults=_DEFAULTS, scheduler=_SCHEDULER, lora=_LORA, size=_SIZE, quant=_QUANT,
                controls=_REFS, single_file_config="flux2", checkpoint_marker="single_stream_modulation.")
 
 SPECS = (

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from .. import latent_formats
 from ..spec import GuidanceSpec, LoraLayout, ModelSpec, QuantSpec, SampleDefaults, SchedulerSpec, SizeRule
-from .flux import _FLUX_PREVIEW
 
 ORDER = 40
 
@@ -45,7 +45,7 @@ SPECS = (
         quant=QuantSpec(preset="qfloat8", components=("text_encoder",), flag="quantize_te"),
         lora=LoraLayout(kohya_prefixes=MappingProxyType({"lora_transformer": "transformer"}),
                         peft_prefixes=MappingProxyType({"transformer": "transformer"})),
-        preview=_FLUX_PREVIEW,  # the FLUX.1 VAE (ComfyUI: latent_formats.Flux for Lumina2)
+        preview=latent_formats.FLUX,  # the FLUX.1 VAE (ComfyUI: latent_formats.Flux for Lumina2)
         notes="flowmatch with shift 1.0 (lumina2_config says 6, hidden by the custom scheduler's __init__), true "
               "CFG iff guidance > 1 with cfg_normalization, Gemma2 hidden_states[-2] at 256 tokens with the system "
               "prompt on both prompt and negative; sizes must be multiples of 16; Gemma2 qfloat8 preset"),

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from .. import latent_formats
 from ..families.qwen.options import QwenEditOptions
 from ..quantize import QuantizeRule
-from ..spec import (ControlSlot, GuidanceSpec, LatentPreview, LoraLayout, ModelSpec, QuantSpec, SampleDefaults,
+from ..spec import (ControlSlot, GuidanceSpec, LoraLayout, ModelSpec, QuantSpec, SampleDefaults,
                     SchedulerSpec, SizeRule)
 
 ORDER = 50
@@ -26,14 +27,6 @@ QWEN_CONFIG = MappingProxyType({
     "stochastic_sampling": False, "time_shift_type": "exponential", "use_beta_sigmas": False,
     "use_dynamic_shifting": True, "use_exponential_sigmas": False, "use_karras_sigmas": False,
 })
-# ComfyUI's latent_formats.Wan21 factors (Qwen-Image's VAE is Wan 2.1's latent space), on normalised latents.
-_WAN21_RGB = ((-0.1299, -0.1692, 0.2932), (0.0671, 0.0406, 0.0442), (0.3568, 0.2548, 0.1747),
-              (0.0372, 0.2344, 0.1420), (0.0313, 0.0189, -0.0328), (0.0296, -0.0956, -0.0665),
-              (-0.3477, -0.4059, -0.2925), (0.0166, 0.1902, 0.1975), (-0.0412, 0.0267, -0.1364),
-              (-0.1293, 0.0740, 0.1636), (0.0680, 0.3019, 0.1128), (0.0032, 0.0581, 0.0639),
-              (-0.1251, 0.0927, 0.1699), (0.0060, -0.0633, 0.0005), (0.3477, 0.2275, 0.2950),
-              (0.1984, 0.0913, 0.1861))
-_PREVIEW = LatentPreview(_WAN21_RGB, (-0.1835, -0.0868, -0.3360))
 # Every preset: `quantize: true`, `quantize_te: true`, `qtype: qfloat8` (options.tsx; jobConfig.ts qtype_te
 # qfloat8). The transformer goes through `quantize_model` (block by block over `transformer_blocks`, no exclusions:
 # QwenImageModel has no `get_quantization_exclude_modules`), the text encoder through a plain `quantize` (its
@@ -46,7 +39,7 @@ COMMON = dict(
     family="qwen", defaults=SampleDefaults(steps=30, guidance_scale=4.0, width=1024, height=1024),
     scheduler=SchedulerSpec("flowmatch", QWEN_CONFIG, arch="flow"), lora=_LORA,
     size=SizeRule(divisor=8, minimum=64, pipeline_divisor=32), guidance=GuidanceSpec("true_cfg", threshold=1.0),
-    quant=_QUANT, preview=_PREVIEW, base_versions=("qwen_image",),
+    quant=_QUANT, preview=latent_formats.WAN21, base_versions=("qwen_image",),
     compatible_pipelines=("QwenImagePipeline", "QwenImageEditPipeline", "QwenImageEditPlusPipeline"))
 
 _EDIT_IMAGE = ("the image to edit (ai-toolkit ctrl_img): the Qwen2.5-VL encoder sees it bilinear-resized to a "

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from ..spec import GuidanceSpec, LatentPreview, LoraLayout, ModelSpec, SampleDefaults, SchedulerSpec
+from .. import latent_formats
+from ..spec import GuidanceSpec, LoraLayout, ModelSpec, SampleDefaults, SchedulerSpec
 
 ORDER = 0  # position of these entries in the registry (the loader's model list)
 
@@ -33,12 +34,6 @@ def _sd_scheduler(steps_offset: int) -> SchedulerSpec:
     return SchedulerSpec("ddpm", MappingProxyType(dict(AITK_SD_SCHEDULER_CONFIG, steps_offset=steps_offset)))
 
 
-# ComfyUI's latent_formats.SD15 / SDXL preview factors (latent channel -> RGB), used for live previews only.
-_SD15_RGB = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721),
-             (-0.2120, -0.2616, -0.7177))
-_SDXL_RGB = ((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068), (0.1076, 0.1111, -0.0362),
-             (-0.3165, -0.2492, -0.2188))
-
 SPECS = (
     ModelSpec(
         id="sd15",
@@ -55,7 +50,7 @@ SPECS = (
         base_versions=("sd_1.5", "sd_v1", "sd1"),
         single_file_config="sd15",
         checkpoint_marker="cond_stage_model.transformer.",
-        preview=LatentPreview(_SD15_RGB),
+        preview=latent_formats.SD15,
         workflow="SD1.5 LoRA",
         notes="ai-toolkit SD 1.5 preset: ddpm, guidance 6, 512x512; steps_offset 1 (pipeline constructor rewrite)",
     ),
@@ -78,7 +73,7 @@ SPECS = (
         base_versions=("sdxl_1.0", "sdxl", "sdxl_base_v1-0"),
         single_file_config="sdxl",
         checkpoint_marker="conditioner.embedders.1.",
-        preview=LatentPreview(_SDXL_RGB, (-0.1, -0.1, -0.1)),
+        preview=latent_formats.SDXL,
         workflow="SDXL LoRA",
         notes="ai-toolkit SDXL preset: ddpm, guidance 6, 1024x1024; steps_offset 0; no watermark",
     ),

@@ -10,21 +10,14 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from .. import latent_formats
 from ..families.wan import samplers as wan_samplers
 from ..quantize import QuantizeRule
-from ..spec import (GuidanceSpec, LatentPreview, LoraLayout, MediaSpec, ModelSpec, QuantSpec, SampleDefaults,
+from ..spec import (GuidanceSpec, LoraLayout, MediaSpec, ModelSpec, QuantSpec, SampleDefaults,
                     SchedulerSpec, SizeRule)
 
 ORDER = 70
 
-# ComfyUI's latent_formats.Wan21 preview factors (16 latent channels, on the normalized latents the sampler holds)
-_WAN21_RGB = ((-0.1299, -0.1692, 0.2932), (0.0671, 0.0406, 0.0442), (0.3568, 0.2548, 0.1747),
-              (0.0372, 0.2344, 0.1420), (0.0313, 0.0189, -0.0328), (0.0296, -0.0956, -0.0665),
-              (-0.3477, -0.4059, -0.2925), (0.0166, 0.1902, 0.1975), (-0.0412, 0.0267, -0.1364),
-              (-0.1293, 0.0740, 0.1636), (0.0680, 0.3019, 0.1128), (0.0032, 0.0581, 0.0639),
-              (-0.1251, 0.0927, 0.1699), (0.0060, -0.0633, 0.0005), (0.3477, 0.2275, 0.2950),
-              (0.1984, 0.0913, 0.1861))
-WAN21_PREVIEW = LatentPreview(_WAN21_RGB, (-0.1835, -0.0868, -0.3360))
 # wan21.py:scheduler_config, what Wan21.get_train_scheduler builds for previews since 0.9.3 (UniPC before: the
 # table's "unipc" with the same shift; families/wan/samplers.py)
 WAN21_SCHEDULER = SchedulerSpec(wan_samplers.FLOWMATCH, MappingProxyType(
@@ -42,7 +35,7 @@ WAN_LORA = LoraLayout(kohya_prefixes=MappingProxyType({"lora_unet": "transformer
 _TRANSFORMER_RULE = QuantizeRule(blocks=("blocks",))
 WAN21_COMMON = dict(family="wan", pipeline_class="WanPipeline", defaults=WAN_DEFAULTS, scheduler=WAN21_SCHEDULER,
                     lora=WAN_LORA, size=WAN_SIZE, guidance=GuidanceSpec("cfg"), media=WAN21_MEDIA,
-                    preview=WAN21_PREVIEW, base_versions=("wan_2.1",))
+                    preview=latent_formats.WAN21, base_versions=("wan_2.1",))
 
 SPECS = (
     ModelSpec(

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from .. import latent_formats
 from ..families.zimage import ZImageOptions
 from ..quantize import QuantizeRule
 from ..spec import GuidanceSpec, LoraLayout, ModelSpec, QuantSpec, SampleDefaults, SchedulerSpec, SizeRule
-from .flux import _FLUX_PREVIEW
 
 ORDER = 30
 
@@ -35,7 +35,7 @@ _COMMON = dict(
     size=SizeRule(divisor=8, minimum=64, pipeline_divisor=16),
     # generate_single_image: guidance_scale = max(0, cfg - 1); ZImagePipeline runs CFG iff that is > 0
     guidance=GuidanceSpec("cfg", threshold=1.0, offset=-1.0, floor=0.0),
-    quant=_QUANT, base_versions=("zimage",), preview=_FLUX_PREVIEW, options=ZImageOptions(),
+    quant=_QUANT, base_versions=("zimage",), preview=latent_formats.FLUX, options=ZImageOptions(),
 )
 _NOTES = ("flowmatch with static shift 3, CFG = max(0, cfg - 1) with the encoded negative, Qwen3 chat template 512 "
           "tokens (hidden_states[-2], pads dropped), fp32 latents, sizes floored to 16; qfloat8 preset")
