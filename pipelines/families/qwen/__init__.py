@@ -54,8 +54,15 @@ def load_parts(folder: str, dtype, with_processor: bool) -> dict:
         vae=AutoencoderKLQwenImage.from_pretrained(folder, subfolder="vae", **kw),
     )
     if with_processor:  # Qwen2VLProcessor needs torchvision in transformers 5: imported only for the edit models
+        import importlib.util
+
         from transformers import Qwen2VLProcessor
 
+        if importlib.util.find_spec("torchvision") is None:
+            raise ModelSourceError(
+                "The Qwen-Image-Edit models need torchvision: transformers builds their Qwen2VLProcessor (the "
+                "vision-language encoder's image and video processors) only with it. ComfyUI installs it; elsewhere "
+                "`pip install torchvision` (the build that matches your torch).")
         parts["processor"] = Qwen2VLProcessor.from_pretrained(folder, subfolder="processor", local_files_only=True)
     return parts
 
@@ -77,6 +84,8 @@ class QwenImage(Family):
                 f"not from a single file. Use \"default\" ({spec.base_repo}) or a Diffusers folder under diffusers/.")
         try:
             parts = load_parts(source_folder(source), dtype, self.keep_visual)
+        except ModelSourceError:
+            raise
         except Exception as exc:  # noqa: BLE001 - Diffusers/transformers raise many types for unreadable models
             raise ModelSourceError(
                 f"Could not load {label} as {spec.label} ({type(exc).__name__}: {exc}). Check that it is a "
