@@ -232,6 +232,8 @@ def test_example_workflow_runs_in_the_frontend(comfy_server, browser, library, e
     result = browser.run(ui, shot, timeout=FULL_RUN_TIMEOUT)
     server_seconds = time.perf_counter() - t0
     assert result["ok"] and result["queued_via"] == "run-button", result
+    if ui_nodes(ui, "SaveVideo"):  # the saved video is loaded in the page's <video> player and shows a frame
+        assert result["videos_shown"] is True, result
     entry = comfy_server.get(f"/history/{result['prompt_id']}")[result["prompt_id"]]
     assert entry["prompt"][2] == twin, "the frontend queued another prompt than the API twin"
     assert find(twin, "AIToolkitSample") not in cached_nodes(entry), "the sampler did not run (output cache)"

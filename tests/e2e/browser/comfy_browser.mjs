@@ -126,8 +126,18 @@ async function queueAndWait(page, server, screenshot, timeoutMs) {
   const outputs = entry?.outputs ?? {};
   const status = entry?.status?.status_str ?? 'timeout';
   // Wait until every node that produced images shows them (node.imgs holds the loaded <img> elements).
-  const imageNodes = Object.entries(outputs).filter(([, o]) => o.images?.length).map(([id]) => id);
+  // (a Save Video output is listed under `images` too, with `animated`: the frontend shows it as a <video>)
+  const isVideo = (o) => Array.isArray(o.animated) && o.animated.some(Boolean);
+  const imageNodes = Object.entries(outputs).filter(([, o]) => o.images?.length && !isVideo(o)).map(([id]) => id);
+  const videoCount = Object.values(outputs).filter((o) => o.images?.length && isVideo(o)).length;
   let shown = false;
+  let videosShown = null;
+  if (status === 'success' && videoCount) {
+    // every saved video is loaded in a <video> element of the page (readyState >= HAVE_CURRENT_DATA: a frame shows)
+    videosShown = await page.waitForFunction((n) => [...document.querySelectorAll('video')]
+      .filter((v) => v.readyState >= 2 && v.videoWidth > 0).length >= n, videoCount,
+    { timeout: Math.max(1000, Math.min(60000, deadline - Date.now())) }).then(() => true, () => false);
+  }
   if (status === 'success' && imageNodes.length) {
     shown = await page.waitForFunction((ids) => ids.every((id) => {
       const node = window.app.graph.getNodeById(Number(id)) ?? window.app.graph.getNodeById(id);
@@ -138,7 +148,8 @@ async function queueAndWait(page, server, screenshot, timeoutMs) {
   }
   if (screenshot) await page.screenshot({ path: screenshot });
   const messages = (entry?.status?.messages ?? []).filter(([t]) => t === 'execution_error' || t === 'execution_interrupted');
-  return { prompt_id: promptId, outputs, ok: status === 'success' && shown, status, images_shown: shown,
+  return { prompt_id: promptId, outputs, ok: status === 'success' && shown && videosShown !== false, status,
+    images_shown: shown, videos_shown: videosShown,
     queued_via: queuedVia, errors: messages.map(([, d]) => d) };
 }
 
