@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from tests import reference_flux as ref
 from tests.fixtures import tiny_flux
+from tests.fixtures.fake_hub import fake_hub_repo
+from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
@@ -31,23 +32,6 @@ PROMPT = "a red fox in the snow"
 NEGATIVE = "blurry, low quality"
 LORA = "chroma_aitk.safetensors"
 RANK = 4
-SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def _fake_hub_repo(cache, repo: str, files: dict) -> None:
-    """A repo in the HF cache layout (`models--org--name/snapshots/<hash>/…` + `refs/main`), from local folders."""
-    base = os.path.join(cache, "models--" + repo.replace("/", "--"))
-    snap = os.path.join(base, "snapshots", SNAPSHOT)
-    for dst, src in files.items():
-        target = os.path.join(snap, dst)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if os.path.isdir(src):
-            shutil.copytree(src, target)
-        else:
-            shutil.copyfile(src, target)
-    os.makedirs(os.path.join(base, "refs"), exist_ok=True)
-    with open(os.path.join(base, "refs", "main"), "w") as f:
-        f.write(SNAPSHOT)
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +56,9 @@ def models(tmp_path_factory):
                         root / "checkpoints" / f"{copy}.safetensors")
     shutil.copytree(folder, root / "checkpoints" / "side")
     cache = str(root / "hf_cache")
-    _fake_hub_repo(cache, "lodestones/Chroma1-Base",
+    fake_hub_repo(cache, "lodestones/Chroma1-Base",
                    {"transformer/config.json": os.path.join(folder, "transformer", "config.json")})
-    _fake_hub_repo(cache, "ostris/Flex.1-alpha", {"text_encoder_2": os.path.join(folder, "text_encoder"),
+    fake_hub_repo(cache, "ostris/Flex.1-alpha", {"text_encoder_2": os.path.join(folder, "text_encoder"),
                                                   "tokenizer_2": os.path.join(folder, "tokenizer"),
                                                   "vae": os.path.join(folder, "vae")})
     return root
@@ -115,16 +99,6 @@ def reference(models, dtype, strength=None, quantized=False, **values):
             assert ref.merge_bfl(parts, sd, strength) == 34  # 20 file modules onto 34 split ones
     return ref.preview_chroma(parts, PROMPT, NEGATIVE, v["seed"], v["steps"], v["guidance_scale"], v["width"],
                               v["height"])
-
-
-def same(got, want):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.abs(got.astype(int) - want.astype(int))
-    assert diff.max() == 0, f"{np.count_nonzero(diff)} values differ, max {diff.max()} levels"
-
-
-def levels(a, b) -> int:
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -191,7 +165,7 @@ def test_single_file_without_its_parts_says_what_to_download(models, roots, monk
     with pytest.raises(ModelSourceError, match="hf download lodestones/Chroma1-Base"):
         load(roots, "fp32", base="lonely.safetensors")
     cache = tmp_path / "config_only"
-    _fake_hub_repo(str(cache), "lodestones/Chroma1-Base", {"transformer/config.json": str(
+    fake_hub_repo(str(cache), "lodestones/Chroma1-Base", {"transformer/config.json": str(
         models / "diffusers" / "tiny-chroma" / "transformer" / "config.json")})
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     with pytest.raises(ModelSourceError, match=r"hf download ostris/Flex\.1-alpha --include"):

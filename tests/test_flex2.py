@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from tests import reference_flux as ref
 from tests.fixtures import tiny_flux
+from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
@@ -80,17 +81,6 @@ def reference(models, dtype, lora_strength=None, quantized=False, control=None, 
         assert (ref.branch_peft if quantized else ref.merge_peft)(parts, sd, lora_strength) > 0
     return ref.preview_flex2(parts, prompt, v["seed"], v["steps"], v["guidance_scale"], v["width"], v["height"],
                              control_pil=control)
-
-
-def levels(a, b) -> int:
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
-
-
-def same(got, want):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.abs(got.astype(int) - want.astype(int))
-    assert diff.max() == 0, f"{np.count_nonzero(diff)} values differ, max {diff.max()} levels"
-    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])

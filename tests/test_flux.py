@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from tests import reference_flux as ref
 from tests.fixtures import tiny_flux
+from tests.fixtures.pixels import same
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
@@ -101,12 +102,6 @@ def reference(flux_models, model, dtype, loras=(), prompt=PROMPT, quantized=Fals
     if model == "flux_kontext":
         return ref.preview_kontext(parts, prompt, control if control is not None else control_image(), *args[1:])
     return ref.preview_flux(parts, *args, attn_masking=values.get("attn_masking", False))
-
-
-def same(got, want):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.abs(got.astype(int) - want.astype(int))
-    assert diff.max() == 0, f"{np.count_nonzero(diff)} values differ, max {diff.max()} levels"
 
 
 def kontext_values(model):

@@ -22,6 +22,8 @@ from safetensors.torch import load_file, save_file
 
 from tests import reference_flux2 as ref
 from tests.fixtures import tiny_flux, tiny_flux2
+from tests.fixtures.fake_hub import fake_hub_repo
+from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
@@ -36,7 +38,6 @@ SMALL = dict(width=64, height=64, steps=3, seed=7, guidance_scale=4.0)
 PROMPT = "a red fox in the snow"
 NEGATIVE = "blurry, low quality"
 IDS = tiny_flux2.MODEL_IDS
-SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 TE_REPO = {"flux2_klein_4b": "Qwen/Qwen3-4B"}
 needs_mirror = pytest.mark.skipif(not ref.available(), reason="ai-toolkit mirror (/work/.mirror/ostris+ai-toolkit) "
                                   "with einops + torchvision not present: ai-toolkit's own FLUX.2 code cannot run")
@@ -44,22 +45,6 @@ needs_mirror = pytest.mark.skipif(not ref.available(), reason="ai-toolkit mirror
 
 def _folder(models, model_id):
     return str(models / "diffusers" / f"tiny-{model_id}")
-
-
-def _fake_hub_repo(cache, repo, files):
-    base = os.path.join(cache, "models--" + repo.replace("/", "--"))
-    snap = os.path.join(base, "snapshots", SNAPSHOT)
-    for dst, src in files.items():
-        target = os.path.join(snap, dst)
-        os.makedirs(os.path.dirname(target) if not os.path.isdir(src) else os.path.dirname(target) or snap,
-                    exist_ok=True)
-        if os.path.isdir(src):
-            shutil.copytree(src, target, dirs_exist_ok=True)
-        else:
-            shutil.copyfile(src, target)
-    os.makedirs(os.path.join(base, "refs"), exist_ok=True)
-    with open(os.path.join(base, "refs", "main"), "w") as f:
-        f.write(SNAPSHOT)
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +72,10 @@ def models(tmp_path_factory):
     shutil.copytree(_folder(root, "flux2_klein_4b"), root / "checkpoints" / "side")
     cache = str(root / "hf_cache")
     tiny_flux2.save_bfl_files(pipe, str(root / "ae_tmp.safetensors"), str(root / "ae.safetensors"))
-    _fake_hub_repo(cache, "ai-toolkit/flux2_vae", {"ae.safetensors": str(root / "ae.safetensors")})
+    fake_hub_repo(cache, "ai-toolkit/flux2_vae", {"ae.safetensors": str(root / "ae.safetensors")})
     folder = _folder(root, "flux2_klein_4b")
-    _fake_hub_repo(cache, "Qwen/Qwen3-4B", {".": os.path.join(folder, "text_encoder")})
-    _fake_hub_repo(cache, "Qwen/Qwen3-4B", {".": os.path.join(folder, "tokenizer")})
+    fake_hub_repo(cache, "Qwen/Qwen3-4B", {".": os.path.join(folder, "text_encoder")})
+    fake_hub_repo(cache, "Qwen/Qwen3-4B", {".": os.path.join(folder, "tokenizer")})
     return root
 
 
@@ -167,16 +152,6 @@ def aitk(models, model_id, dtype, strength=None, quantized=False, controls=(), *
         assert n == 8 * tiny_flux2.N_DOUBLE + 2 * tiny_flux2.N_SINGLE
     return runner.preview(PROMPT, NEGATIVE, v["seed"], v["steps"], v["guidance_scale"], v["width"], v["height"],
                           controls)
-
-
-def same(got, want):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.abs(got.astype(int) - want.astype(int))
-    assert diff.max() == 0, f"{np.count_nonzero(diff)} values differ, max {diff.max()} levels"
-
-
-def levels(a, b) -> int:
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 def _image(w, h, seed):

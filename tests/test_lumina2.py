@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from tests import reference_lumina2 as ref
 from tests.fixtures import tiny_lumina2
+from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
@@ -75,16 +76,6 @@ def reference(models, dtype, strength=None, quantization="none", prompt=PROMPT, 
         assert ref.merge_peft(parts, load_file(str(models / "loras" / LORA)), strength) == tiny_lumina2.N_LORA_MODULES
     return ref.preview(parts, prompt, negative, v["seed"], v["steps"], v["guidance_scale"], v["width"], v["height"],
                        **call)
-
-
-def same(got, want):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.abs(got.astype(int) - want.astype(int))
-    assert diff.max() == 0, f"{np.count_nonzero(diff)} values differ, max {diff.max()} levels"
-
-
-def levels(a, b) -> int:
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 # ----------------------------------------------------------------------------- parity

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from tests import reference_qwen as ref
 from tests.fixtures import tiny_flux, tiny_qwen
+from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
@@ -81,16 +81,6 @@ def reference(models, dtype, model_id="qwen_image", strength=None, quantized=Fal
         assert merged == tiny_qwen.N_BLOCKS * len(tiny_qwen.AITK_BLOCK)
     return ref.preview_t2i(parts, prompt, negative, v["seed"], v["steps"], v["guidance_scale"], v["width"],
                            v["height"])
-
-
-def same(got, want):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.abs(got.astype(int) - want.astype(int))
-    assert diff.max() == 0, f"{np.count_nonzero(diff)} values differ, max {diff.max()} levels"
-
-
-def levels(a, b) -> int:
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 @pytest.mark.parametrize("model_id, dtype", [("qwen_image", "fp32"), ("qwen_image", "bf16"),

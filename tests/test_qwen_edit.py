@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from tests import reference_qwen as ref
 from tests.fixtures import tiny_qwen
+from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
@@ -94,16 +95,6 @@ def reference(models, dtype, model_id, controls, strength=None, do_cfg_norm=Fals
     if model_id == "qwen_image_edit":
         return ref.preview_edit(parts, PROMPT, NEGATIVE, controls[0], *args)
     return ref.preview_plus(parts, PROMPT, NEGATIVE, list(controls), *args, do_cfg_norm=do_cfg_norm)
-
-
-def same(got, want):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.abs(got.astype(int) - want.astype(int))
-    assert diff.max() == 0, f"{np.count_nonzero(diff)} values differ, max {diff.max()} levels"
-
-
-def levels(a, b) -> int:
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 @pytest.mark.parametrize("n, dtype", [(1, "fp32"), (3, "fp32"), (3, "bf16")])

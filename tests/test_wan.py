@@ -7,13 +7,13 @@ the LoRA's ai-toolkit version (UniPC before 0.9.3, flow-match Euler since; the u
 qfloat8 preset (transformer and UMT5 quantized, the LoRA as an fp32 branch)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from tests import reference_wan as ref
 from tests.fixtures import tiny_wan
+from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
@@ -104,16 +104,6 @@ def reference(models, dtype, strength=None, model="wan21_1b", quantized=False, s
             assert ref.merge(parts, sd, strength) == 20
     return ref.preview(parts, prompt, negative, v["seed"], v["steps"], v["guidance_scale"], v["width"],
                        v["height"], v["num_frames"], DTYPES[dtype], sampler=sampler)
-
-
-def same(got, want):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.abs(got.astype(int) - want.astype(int))
-    assert diff.max() == 0, f"{np.count_nonzero(diff)} values differ, max {diff.max()} levels"
-
-
-def levels(a, b) -> int:
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])

@@ -8,15 +8,15 @@ residue of rendering without the adapter is measured (printed)."""
 from __future__ import annotations
 
 import os
-import shutil
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from tests import reference_zimage as ref
 from tests.fixtures import tiny_zimage
+from tests.fixtures.fake_hub import fake_hub_repo
+from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
@@ -31,20 +31,7 @@ NEGATIVE = "blurry, low quality"
 LORA = "zimage_aitk.safetensors"
 ADAPTER = "zimage_turbo_training_adapter_v2.safetensors"
 ADAPTER_HUB = "ostris/zimage_turbo_training_adapter/" + ADAPTER
-SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"
 FOLDERS = {"zimage": "tiny-zimage", "zimage_turbo": "tiny-zimage-turbo", "zimage_deturbo": "tiny-zimage-deturbo"}
-
-
-def _fake_hub_repo(cache, repo: str, files: dict) -> None:
-    base = os.path.join(cache, "models--" + repo.replace("/", "--"))
-    snap = os.path.join(base, "snapshots", SNAPSHOT)
-    for dst, src in files.items():
-        target = os.path.join(snap, dst)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        (shutil.copytree if os.path.isdir(src) else shutil.copyfile)(src, target)
-    os.makedirs(os.path.join(base, "refs"), exist_ok=True)
-    with open(os.path.join(base, "refs", "main"), "w") as f:
-        f.write(SNAPSHOT)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +49,12 @@ def models(tmp_path_factory):
     cache = str(root / "hf_cache")
     diffusers = root / "diffusers"
     # base "default" of De-Turbo: ostris/Z-Image-De-Turbo holds the transformer, the rest is Z-Image-Turbo's
-    _fake_hub_repo(cache, "ostris/Z-Image-De-Turbo", {"transformer": str(diffusers / FOLDERS["zimage_deturbo"] /
+    fake_hub_repo(cache, "ostris/Z-Image-De-Turbo", {"transformer": str(diffusers / FOLDERS["zimage_deturbo"] /
                                                                           "transformer")})
-    _fake_hub_repo(cache, "Tongyi-MAI/Z-Image-Turbo", {n: str(diffusers / FOLDERS["zimage_turbo"] / n) for n in
+    fake_hub_repo(cache, "Tongyi-MAI/Z-Image-Turbo", {n: str(diffusers / FOLDERS["zimage_turbo"] / n) for n in
                                                         ("model_index.json", "transformer", "text_encoder",
                                                          "tokenizer", "vae", "scheduler")})
-    _fake_hub_repo(cache, "ostris/zimage_turbo_training_adapter", {ADAPTER: str(root / "loras" / ADAPTER)})
+    fake_hub_repo(cache, "ostris/zimage_turbo_training_adapter", {ADAPTER: str(root / "loras" / ADAPTER)})
     return root
 
 
@@ -117,16 +104,6 @@ def reference(models, dtype, model="zimage_turbo", strength=None, adapter=False,
         ref.branch(parts, load_file(str(models / "loras" / ADAPTER)), -1.0, DTYPES[dtype])
     return ref.preview(parts, prompt, v["negative_prompt"], v["seed"], v["steps"], v["guidance_scale"], v["width"],
                        v["height"])
-
-
-def same(got, want):
-    assert got.shape == want.shape, (got.shape, want.shape)
-    diff = np.abs(got.astype(int) - want.astype(int))
-    assert diff.max() == 0, f"{np.count_nonzero(diff)} values differ, max {diff.max()} levels"
-
-
-def levels(a, b) -> int:
-    return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
