@@ -13,6 +13,7 @@ import torch
 from ..pipelines import engine
 from ..pipelines.errors import InputError
 from ..pipelines.registry import REGISTRY, model_ids
+from ..pipelines.samplers import MATCH_TRAINING, all_sampler_names, sampler_names
 from ..pipelines.spec import ControlSlot
 from ..pipelines.sources import CHECKPOINT_EXTS, LORA_EXTS
 from .comfy_bridge import check_interrupted, log, make_video, model_roots, show_text, step_callback
@@ -199,13 +200,20 @@ class AIToolkitSample:
                 "fps": ("INT", {"default": 0, "min": 0, "max": engine.MAX_FPS, "step": 1,
                                 "tooltip": "Video models: sample fps (the video's frame rate; 0 = the model "
                                            "default). A --fps flag overrides it. Image models ignore it."}),
+                "sampler": (all_sampler_names(), {
+                    "default": MATCH_TRAINING,
+                    "tooltip": "match training: the sampler ai-toolkit previews this model with (for Wan, the one "
+                               "of the LoRA's ai-toolkit version). Or an ai-toolkit sampler name (ddpm, euler, "
+                               "euler_a, dpmsolver++, flowmatch, unipc ...) to render another way; a name the "
+                               "model has no such sampler for is refused with the model's list. The sampler used "
+                               "is shown under the node."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def sample(self, pipeline, prompt, negative_prompt="", trigger_word="", width=0, height=0, seed=42, steps=0,
-               guidance_scale=-1.0, guidance_rescale=0.0, lora_mode="merged", num_frames=0, fps=0, unique_id=None,
-               **images):
+               guidance_scale=-1.0, guidance_rescale=0.0, lora_mode="merged", num_frames=0, fps=0,
+               sampler=MATCH_TRAINING, unique_id=None, **images):
         _check_handle(pipeline)
         mode = _choice("lora_mode", lora_mode, LORA_MODES)
         spec = pipeline.spec
@@ -216,13 +224,23 @@ class AIToolkitSample:
                                        fps=fps)
         check_interrupted()
         make_room(pipeline.base.device)
-        result = engine.render(pipeline, request, on_step=step_callback(spec, request.steps, unique_id, request),
-                               lora_mode=mode)
+        result = engine.render(pipeline, request, sampler=_sampler(spec, sampler),
+                               on_step=step_callback(spec, request.steps, unique_id, request), lora_mode=mode)
         for note in result.notes:
             log.info("[AI Toolkit] %s: %s", spec.id, note)
         show_text(unique_id, list(result.notes))
         image = images_to_comfy(result.frames)
         return (image, make_video(image, result.fps or 1, audio_to_comfy(result.audio)))
+
+
+def _sampler(spec, sampler):
+    """The node's sampler for the library (None = match training), refused early when the model lacks it."""
+    if sampler in (None, "", MATCH_TRAINING):
+        return None
+    names = sampler_names(spec)
+    if sampler not in names:
+        raise InputError(f"Sampler {sampler!r} is not available for {spec.id}; choose one of: {', '.join(names)}.")
+    return sampler
 
 
 def _video_values(spec, num_frames, fps) -> tuple:

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     gen.add_argument("--quantization", default="match training",
                      help='"match training" (the preset\'s), "none", or an ai-toolkit qtype (qfloat8)')
+    gen.add_argument("--sampler", default="match training",
+                     help='"match training" (the sampler ai-toolkit previews the model with) or an ai-toolkit '
+                          'sampler name (euler, dpmsolver++, flowmatch, unipc ...)')
     gen.add_argument("--models-dir", default=None, help="overrides $AITK_MODELS_DIR")
     gen.add_argument("--out", required=True, help="output PNG path")
     return ap
@@ -70,7 +73,7 @@ def _generate(args) -> int:
     t1 = time.perf_counter()
     pixels = generate(handle, args.prompt, negative_prompt=args.negative, trigger_word=args.trigger or None,
                       width=args.width, height=args.height, seed=args.seed, steps=args.steps,
-                      guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale)
+                      guidance_scale=args.guidance, guidance_rescale=args.guidance_rescale, sampler=args.sampler)
     _save(pixels, args.out)
     print(f"wrote {args.out} ({pixels.shape[2]}x{pixels.shape[1]}; load {t1 - t0:.1f}s, "
           f"sample {time.perf_counter() - t1:.1f}s)")

@@ -62,12 +62,16 @@ def encode(parts: dict, text: str, text_2: str | None = None):
 
 
 def preview(parts: dict, prompt: str, negative: str, seed: int, steps: int, guidance: float, width: int,
-            height: int, guidance_rescale: float = 0.0, negative_2: str | None = None) -> np.ndarray:
-    """uint8 [H, W, 3]: what ai-toolkit's generate_images saves for one prompt."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+            height: int, guidance_rescale: float = 0.0, negative_2: str | None = None,
+            scheduler_class: str = "DDPMScheduler", **scheduler_args) -> np.ndarray:
+    """uint8 [H, W, 3]: what ai-toolkit's generate_images saves for one prompt. `scheduler_class` and
+    `scheduler_args`: `toolkit/sampler.py:get_sampler` for another `sample.sampler` (`cls.from_config(sd_config +
+    args)`; ddpm is its default)."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     xl = "text_encoder_2" in parts
-    scheduler = DDPMScheduler.from_config(SD_CONFIG)
+    scheduler = getattr(diffusers, scheduler_class).from_config(dict(SD_CONFIG, **scheduler_args))
     dtype = parts["unet"].dtype
     cond, pooled = encode(parts, prompt)
     uncond, uncond_pooled = encode(parts, negative, negative if negative_2 is None else negative_2)

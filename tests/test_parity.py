@@ -30,7 +30,8 @@ def node_pixels(nodes, model, dtype, loras=(), **inputs):
 
 
 def reference_pixels(models_dir, model, dtype, loras=(), prompt="", negative="", seed=42, guidance=6.0,
-                     width=64, height=64, steps=5, guidance_rescale=0.0, negative_2=None, branch=False):
+                     width=64, height=64, steps=5, guidance_rescale=0.0, negative_2=None, branch=False,
+                     **scheduler):
     parts = reference.load_components(os.path.join(models_dir, "diffusers", f"tiny-{model}"), model == "sdxl",
                                       DTYPES[dtype], DEVICE)
     if loras:
@@ -38,7 +39,7 @@ def reference_pixels(models_dir, model, dtype, loras=(), prompt="", negative="",
         apply = reference.branch_kohya if branch else reference.merge_kohya
         assert len(apply(parts, stack, TE_PREFIXES[model])) if branch else apply(parts, stack, TE_PREFIXES[model])
     return reference.preview(parts, prompt, negative, seed, steps, guidance, width, height, guidance_rescale,
-                             negative_2)
+                             negative_2, **scheduler)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -117,3 +118,34 @@ def test_unmerged_fp32_branch_matches_reference(nodes, models_dir, model, dtype)
     if dtype == "bf16":
         merged = node_pixels(nodes, model, dtype, loras, prompt="a blue car")
         assert (merged != got).any(), "in bf16 the merged and unmerged paths round differently"
+
+
+# ai-toolkit's get_sampler(name) for arch "sd": the class, and the init args it adds to sd_config
+OTHER_SAMPLERS = {"euler": ("EulerDiscreteScheduler", {}),
+                  "k_dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++",
+                                                                     "use_karras_sigmas": True})}
+
+
+@pytest.mark.parametrize("sampler", list(OTHER_SAMPLERS))
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_sampler_chosen_on_the_node_matches_ai_toolkits_get_sampler(nodes, models_dir, model, sampler, caplog):
+    """The node's `sampler` input renders as ai-toolkit does with that `sample.sampler` (a different picture from
+    the default ddpm, so the input is really used), and the text under the node says which one ran."""
+    prompt = "photo of a ohwx dog"
+    lora = (f"{model}_kohya", 1.0)
+    with caplog.at_level("INFO", logger="aitk_inference"):
+        got = node_pixels(nodes, model, "fp32", [lora], prompt=prompt, sampler=sampler)
+    assert f"sampler {sampler}: chosen on the node (ai-toolkit previews" in caplog.text
+    cls, args = OTHER_SAMPLERS[sampler]
+    want = reference_pixels(models_dir, model, "fp32", [lora], prompt=prompt, scheduler_class=cls, **args)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(got, node_pixels(nodes, model, "fp32", [lora], prompt=prompt))
+
+
+def test_sampler_the_model_lacks_is_refused_with_its_list(nodes):
+    from aitk_pack.pipelines.errors import InputError
+
+    load, _, sample = nodes
+    (handle,) = load.load(model="sd15", base="tiny-sd15", dtype="fp32", device=DEVICE)
+    with pytest.raises(InputError, match=r"'unipc' is not available for sd15; choose one of: match training, .*ddpm"):
+        sample.sample(pipeline=handle, prompt="x", sampler="unipc", **SMALL)

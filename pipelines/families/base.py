@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..errors import ControlImageError
 from ..lora.aliases import Alias, prefixed_index
-from ..samplers import make_scheduler
+from ..samplers import MATCH_TRAINING, make_scheduler
 
 
 class Family:
@@ -62,9 +62,13 @@ class Family:
     def sampler_for(self, spec, loras, sampler: str | None = None) -> tuple[str | None, str | None]:
         """(sampler name, note for the render's notes) for one render. `loras`: the `LoraInfo` of the applied chain
         (what each file says about itself: `software_version` …); `sampler`: the user's choice, None or "match
-        training" for the one ai-toolkit previewed with. Default: the user's choice, else the entry's sampler, no
-        note. A family whose preview sampler changed across ai-toolkit versions picks it from the LoRAs here."""
-        return sampler, None
+        training" for the one ai-toolkit previewed with. Default: the user's choice (with a note saying so), else the
+        entry's sampler, no note. A family whose preview sampler changed across ai-toolkit versions picks it from the
+        LoRAs here."""
+        if sampler in (None, "", MATCH_TRAINING):
+            return sampler, None
+        return sampler, (f"sampler {sampler}: chosen on the node (ai-toolkit previews {spec.label} with "
+                         f"{spec.scheduler.default_sampler})")
 
     def check_request(self, spec, request) -> None:
         """Refuse a request the model cannot render (a required control image missing …) before anything runs."""

@@ -49,14 +49,15 @@ CONTRACT_INPUTS = {
     "LoadAIToolkitPipeline": (["model", "base", "dtype", "device"], ["quantization"]),
     "ApplyAIToolkitLoRA": (["pipeline", "lora_name", "strength"], []),
     "AIToolkitSample": (["pipeline", "prompt", "negative_prompt", "trigger_word", "width", "height", "seed", "steps",
-                         "guidance_scale"], ["guidance_rescale", *CONTROL_INPUTS, "lora_mode", "num_frames", "fps"]),
+                         "guidance_scale"], ["guidance_rescale", *CONTROL_INPUTS, "lora_mode", "num_frames", "fps",
+                                            "sampler"]),
     "AIToolkitModelOptions": (["pipeline", "attn_masking"], []),
 }
 # LoadAIToolkitPipeline / AIToolkitSample inputs the library reference understands (an input not listed here fails
 # the comparison, so a new input that changes the picture cannot be ignored silently).
 LOAD_VALUES = ("model", "base", "dtype", "device", "quantization")
 SAMPLE_VALUES = ("negative_prompt", "trigger_word", "width", "height", "seed", "steps", "guidance_scale",
-                 "guidance_rescale", "num_frames", "fps")
+                 "guidance_rescale", "num_frames", "fps", "sampler")
 SAMPLE_OTHERS = ("pipeline", "prompt", "lora_mode", *CONTROL_INPUTS)
 # Sample widgets_values positions of width, height and steps in the UI format (after seed comes "control after
 # generate", a frontend-only widget)
