@@ -238,7 +238,13 @@ class HandFlux2:
     LDM VAE, the schedule, true CFG / guidance embedding, reference images, Euler. Text embeds come from Diffusers'
     encoders (identical to ai-toolkit's). Runs in CI; equals ai-toolkit's own code in fp32 and bf16."""
 
-    def __init__(self, folder: str, dtype, lora: dict | None = None, strength: float = 1.0):
+    def __init__(self, folder: str, dtype, lora: dict | None = None, strength: float = 1.0,
+                 quantized: bool = False, deltas: dict | None = None):
+        """`lora`: an ai-toolkit FLUX.2 LoRA file's tensors, merged at `strength` (or, on a `quantized` base, run as
+        ai-toolkit's unmerged fp32 side branch). `quantized`: qfloat8 as `Flux2Model.load_model` /
+        `Flux2KleinModel.load_te` do it (every Linear of the transformer, no exclusions; the text encoder), with
+        optimum-quanto, the library ai-toolkit quantizes with. `deltas`: BFL weight name -> fp32 term merged into
+        that weight with one rounding (e.g. a LoKr's `m * kron(w1, w2) * scale`)."""
         from tests.fixtures import tiny_flux2
 
         self.pipe = load_diffusers(folder, torch.float32)
@@ -247,14 +253,45 @@ class HandFlux2:
         self.pipe.text_encoder.to(dtype)
         self.dtype, self.mistral = dtype, type(self.pipe).__name__ == "Flux2Pipeline"
         self.heads = self.t["img_in.weight"].shape[0] // self.t["double_blocks.0.img_attn.norm.query_norm.scale"].shape[0]
+        for name, delta in (deltas or {}).items():
+            self.t[name] = (self.t[name].float() + delta).to(dtype)
+        self.q = self._quantized_linears() if quantized else {}
         for key, a in (lora or {}).items():  # merge_in on the fused weights, one rounding
             if key.endswith(".lora_A.weight"):
-                name = key[len("diffusion_model."):-len("lora_A.weight")] + "weight"
+                name = key[len("diffusion_model."):-len(".lora_A.weight")]
                 b = lora[key.replace("lora_A", "lora_B")]
-                self.t[name] = (self.t[name].float() + strength * (b.float() @ a.float()) * 1.0).to(dtype)
+                if quantized:
+                    from tests.reference_flux import _Branch
+
+                    layer = self.q[name]
+                    layer._aitk_branch = _Branch(layer.forward, a, b, strength)
+                    layer.forward = layer._aitk_branch.forward
+                else:
+                    self.t[name + ".weight"] = (self.t[name + ".weight"].float()
+                                                + strength * (b.float() @ a.float()) * 1.0).to(dtype)
+
+    def _quantized_linears(self) -> dict:
+        """Each Linear weight (2-D, no bias in FLUX.2) as an optimum-quanto qfloat8 `QLinear`, frozen; and the text
+        encoder quantized the same way."""
+        from optimum.quanto import freeze, qfloat8, quantize
+
+        out = {}
+        for key, w in self.t.items():
+            if key.endswith(".weight") and w.ndim == 2:
+                holder = torch.nn.Module()
+                holder.linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False, dtype=w.dtype)
+                holder.linear.weight.data.copy_(w)
+                quantize(holder, weights=qfloat8)
+                freeze(holder)
+                out[key[: -len(".weight")]] = holder.linear
+        quantize(self.pipe.text_encoder, weights=qfloat8)
+        freeze(self.pipe.text_encoder)
+        return out
 
     # -- transformer
     def _lin(self, x, name):
+        if name in self.q:
+            return self.q[name](x)
         return torch.nn.functional.linear(x, self.t[name + ".weight"])
 
     @staticmethod

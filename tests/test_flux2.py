@@ -3,7 +3,9 @@
 - fp32, every id: library == the independent plain-Diffusers reference with ai-toolkit's settings
   (tests/reference_flux2.py `preview_diffusers`), base and ai-toolkit's LoRA layout (`diffusion_model.<BFL name>`,
   merged into the fused layers) at strengths 1 and 0.6, CFG with the negative (klein) / none (dev), trigger and
-  prompt flags; Diffusers-named LoRA files; every key applied; BFL single files as base; reference images.
+  prompt flags; Diffusers-named LoRA files; every key applied; BFL single files as base; reference images. Also
+  against the hand-written BFL-layout reference (`HandFlux2`, fp32 and bf16, in CI): base and LoRA per id, the
+  qfloat8 preset with the LoRA as ai-toolkit's fp32 branch, and a LoKr on the fused layers.
 - bf16: Diffusers' split layers round differently from ai-toolkit's fused BFL model, so the bf16 check is against
   ai-toolkit's OWN flux2 code (its src/model.py, src/pipeline.py, src/autoencoder.py from the pinned mirror), which
   runs only where the mirror is (not in CI): base, LoRA, reference images, quantized base, for each id. Also printed:
@@ -118,11 +120,12 @@ def render(roots, model_id, dtype, loras=(), base=None, prompt=PROMPT, quantizat
 
 
 def reference(models, model_id, dtype="fp32", strength=None, prompt=PROMPT, negative=NEGATIVE, controls=(),
-              **values):
+              quantized=False, deltas=None, **values):
     """The hand-written BFL-layout reference (bit for bit the preview in fp32 and bf16)."""
     v = dict(SMALL, **values)
     sd = None if strength is None else load_file(str(models / "loras" / f"{model_id}_lora.safetensors"))
-    hand = ref.HandFlux2(_folder(models, model_id), DTYPES[dtype], sd, strength or 1.0)
+    hand = ref.HandFlux2(_folder(models, model_id), DTYPES[dtype], sd, strength or 1.0, quantized=quantized,
+                         deltas=deltas)
     return hand.preview(prompt, negative, v["seed"], v["steps"], v["guidance_scale"], v["width"], v["height"],
                         controls)
 
@@ -175,6 +178,46 @@ def test_base_and_lora_match_the_reference(models, roots, model_id, dtype):
 def test_lora_strength_and_guidance(models, roots, dtype):
     same(render(roots, "flux2_klein_4b", dtype, [("flux2_klein_4b_lora.safetensors", 0.6)], guidance_scale=2.5),
          reference(models, "flux2_klein_4b", dtype, strength=0.6, guidance_scale=2.5))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_qfloat8_preset_with_lora_branch_matches_the_reference(models, roots, dtype):
+    """The presets' qfloat8 (transformer and Qwen3, optimum-quanto) with the LoRA as ai-toolkit's fp32 branch."""
+    got = render(roots, "flux2_klein_4b", dtype, [("flux2_klein_4b_lora.safetensors", 0.8)], quantization="qfloat8")
+    same(got, reference(models, "flux2_klein_4b", dtype, strength=0.8, quantized=True))
+    assert levels(got, reference(models, "flux2_klein_4b", dtype, strength=0.8)) > 0, "qfloat8 must show"
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_lokr_on_the_fused_layers_matches_the_reference(models, roots, dtype, tmp_path):
+    """A LoKr file under ai-toolkit's FLUX.2 names (`diffusion_model.<BFL fused layer>`): every key applies, and
+    the render equals the reference with `m * kron(w1, w2) * scale` merged into each fused weight by hand."""
+    from tests.fixtures.lokr_files import lokr_tensors
+    from tests.test_lokr import module_tensors, ref_delta
+
+    strength = 0.7
+    lora = load_file(str(models / "loras" / "flux2_klein_4b_lora.safetensors"))
+    gen = torch.Generator().manual_seed(3)
+    lokr = {}
+    for key, a in sorted(lora.items()):
+        if key.endswith(".lora_A.weight"):
+            rows = lora[key.replace("lora_A", "lora_B")].shape[0]
+            shape_of = torch.nn.Linear(a.shape[1], rows, bias=False, device="meta")
+            for part, tensor in lokr_tensors(shape_of, 2, 2.0, 4, gen=gen, gain=0.6).items():
+                lokr[f"{key[:-len('.lora_A.weight')]}.{part}"] = tensor
+    name = "flux2_klein_4b_lokr.safetensors"
+    save_file(lokr, str(models / "loras" / name), metadata=dict(
+        tiny_flux2.aitk_metadata(lokr, "flux2_klein_4b"),
+        **{"ss_network_module": "lycoris.kohya", "ss_network_args": '{"algo": "lokr"}'}))
+    handle = engine.apply_lora(load(roots, "flux2_klein_4b", dtype), name, strength, roots=roots)
+    report = handle.loras[-1].bound.report
+    assert report.applied_keys == report.total_keys == len(lokr) and not report.warnings(), report.summary()
+    got = engine.generate(handle, PROMPT, **{**SMALL, "negative_prompt": NEGATIVE})[0]
+    weights = tiny_flux2.bfl_transformer_state_dict(tiny_flux2.build("flux2_klein_4b").transformer)
+    deltas = {f"{n[len('diffusion_model.'):]}.weight": strength * ref_delta(t, weights[f"{n[len('diffusion_model.'):]}.weight"].shape)
+              for n, t in module_tensors(lokr).items()}
+    same(got, reference(models, "flux2_klein_4b", dtype, deltas=deltas))
+    assert levels(got, render(roots, "flux2_klein_4b", dtype)) > 3, "the LoKr must change the picture"
 
 
 def test_true_cfg_uses_the_negative_on_klein_only(roots):
