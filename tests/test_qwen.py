@@ -84,7 +84,7 @@ def reference(models, dtype, model_id="qwen_image", strength=None, quantized=Fal
 
 
 @pytest.mark.parametrize("model_id, dtype", [("qwen_image", "fp32"), ("qwen_image", "bf16"),
-                                             ("qwen_image_2512", "fp32")])
+                                             ("qwen_image_2512", "fp32"), ("qwen_image_2512", "bf16")])
 def test_base_matches_reference(models, roots, dtype, model_id):
     got = render(roots, dtype, model_id)
     assert got.std() > 5, "the tiny model should render a non-flat image"
@@ -113,6 +113,15 @@ def test_aitk_lora_matches_reference(models, roots, dtype, strength):
 def test_the_lora_applies_to_2512_too(models, roots):
     same(render(roots, "bf16", "qwen_image_2512", loras=[(LORA, 1.0)]),
          reference(models, "bf16", "qwen_image_2512", strength=1.0))
+
+
+def test_2512_lora_strength_flags_and_trigger(models, roots):
+    """2512 in fp32: the LoRA at 0.6 with the trigger and --n / --cfg / --seed flags, as ai-toolkit renders them."""
+    handle = handle_for(roots, "fp32", "qwen_image_2512", loras=[(LORA, 0.6)])
+    got = engine.generate(handle, "photo of [trigger] --n no [trigger] here --cfg 3 --seed 11", trigger_word="ohwx",
+                          negative_prompt=NEGATIVE, **SMALL)[0]
+    same(got, reference(models, "fp32", "qwen_image_2512", strength=0.6, prompt="photo of ohwx",
+                        negative="no ohwx here", guidance_scale=3.0, seed=11))
 
 
 def test_every_key_of_an_aitk_qwen_lora_applies(roots):

@@ -75,26 +75,27 @@ def roots(models):
     CACHE.release()
 
 
-def render(roots, dtype, model_id, controls, loras=(), options=None, **values):
+def render(roots, dtype, model_id, controls, loras=(), options=None, prompt=PROMPT, **values):
     handle = engine.load(model_id, base=f"tiny-{model_id}", dtype=dtype, device="cpu", roots=roots,
                          quantization="none")
     for name, strength in loras:
         handle = engine.apply_lora(handle, name, strength, roots=roots)
     if options:
         handle = handle.with_options(**options)
-    return engine.generate(handle, PROMPT, controls=tuple(controls),
+    return engine.generate(handle, prompt, controls=tuple(controls),
                            **{**SMALL, "negative_prompt": NEGATIVE, **values})[0]
 
 
-def reference(models, dtype, model_id, controls, strength=None, do_cfg_norm=False, **values):
+def reference(models, dtype, model_id, controls, strength=None, do_cfg_norm=False, prompt=PROMPT, negative=NEGATIVE,
+              **values):
     v = dict(SMALL, **values)
     parts = ref.load_parts(str(models / "diffusers" / f"tiny-{model_id}"), DTYPES[dtype], edit=True)
     if strength is not None:
         assert ref.merge_lora(parts, load_file(str(models / "loras" / LORA)), strength) == 28
     args = (v["seed"], v["steps"], v["guidance_scale"], v["width"], v["height"])
     if model_id == "qwen_image_edit":
-        return ref.preview_edit(parts, PROMPT, NEGATIVE, controls[0], *args)
-    return ref.preview_plus(parts, PROMPT, NEGATIVE, list(controls), *args, do_cfg_norm=do_cfg_norm)
+        return ref.preview_edit(parts, prompt, negative, controls[0], *args)
+    return ref.preview_plus(parts, prompt, negative, list(controls), *args, do_cfg_norm=do_cfg_norm)
 
 
 @pytest.mark.parametrize("n, dtype", [(1, "fp32"), (3, "fp32"), (3, "bf16")])
@@ -131,6 +132,19 @@ def test_edit_matches_reference(models, roots, dtype):
 def test_edit_2511_matches_reference(models, roots, n, dtype):
     same(render(roots, dtype, "qwen_image_edit_plus_2511", CONTROLS[:n]),
          reference(models, dtype, "qwen_image_edit_plus_2511", CONTROLS[:n]))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("model_id", IDS)
+def test_every_edit_model_with_lora_strength_flags_and_all_its_controls(models, roots, model_id, dtype):
+    """Per id and dtype: ai-toolkit's LoRA at 0.7, the trigger and --n / --cfg / --seed flags, and as many control
+    images as the model takes (1 for Edit, 3 for Edit-Plus 2509/2511), all at once, equal the reference."""
+    controls = CONTROLS[:1] if model_id == "qwen_image_edit" else CONTROLS
+    got = render(roots, dtype, model_id, controls, loras=[(LORA, 0.7)], trigger_word="ohwx",
+                 prompt="make the [trigger] fox blue --n no [trigger] --cfg 3 --seed 11")
+    assert levels(got, render(roots, dtype, model_id, controls)) > 5, "LoRA and flags must change the picture"
+    same(got, reference(models, dtype, model_id, controls, strength=0.7, prompt="make the ohwx fox blue",
+                        negative="no ohwx", guidance_scale=3.0, seed=11))
 
 
 def test_edit_lora_applies_to_every_edit_model(roots):
