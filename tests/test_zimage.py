@@ -165,6 +165,24 @@ def test_aitk_lora_matches_reference(models, roots, dtype, strength):
     same(got, reference(models, dtype, strength=strength))
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("model", ["zimage", "zimage_deturbo"])
+def test_lora_strength_and_flags_on_the_other_ids(models, roots, model, dtype):
+    """Z-Image (base) and De-Turbo, with their own CFG defaults: the LoRA at 0.8 with the trigger and --n / --cfg
+    flags equals the reference."""
+    base = "default" if model == "zimage_deturbo" else None  # its preset's parts (see test_base_matches_reference)
+    if base:
+        os.environ["HF_HUB_CACHE"] = str(models / "hf_cache")
+    try:
+        got = render(roots, dtype, model, loras=[(LORA, 0.8)], base=base, trigger_word="ohwx",
+                     prompt="a [trigger] fox --n a neg [trigger] --cfg 3")
+        assert levels(got, render(roots, dtype, model, base=base)) > 5, "the LoRA and flags should change the image"
+    finally:
+        os.environ.pop("HF_HUB_CACHE", None)
+    same(got, reference(models, dtype, model, strength=0.8, prompt="a ohwx fox", negative_prompt="a neg ohwx",
+                        guidance_scale=3.0))
+
+
 def test_every_key_of_an_aitk_lora_applies(roots):
     report = engine.apply_lora(load(roots, "fp32"), LORA, 1.0, roots=roots).loras[-1].bound.report
     assert report.applied_keys == report.total_keys == 2 * 8 * tiny_zimage.N_LAYERS, report.summary()
