@@ -275,15 +275,18 @@ def preview_edit(parts, prompt, negative, control, seed, steps, guidance, width,
     return _denoise(parts, embeds, neg, seed, steps, guidance, width, height, controls, norm=True)
 
 
-def preview_plus(parts, prompt, negative, controls, seed, steps, guidance, width, height, do_cfg_norm=False):
+def preview_plus(parts, prompt, negative, controls, seed, steps, guidance, width, height, do_cfg_norm=False,
+                 legacy_ctrl_img=False):
     """QwenImageEditPlusModel + QwenImageEditPlusCustomPipeline: VL side bilinear 384² area per image (the negative
     re-resizes the resized tensors), VAE side LANCZOS 1024² area per image at its own ratio; no norm rescale unless
-    do_cfg_norm."""
+    do_cfg_norm. `legacy_ctrl_img`: the sample names its first image `ctrl_img`, so `generate_images` lists it as
+    ctrl_img and as the ctrl_img_1 copied from it for the VL encoder; `generate_single_image` once for the VAE."""
     from diffusers.image_processor import VaeImageProcessor
 
     width, height = _size(width, height)
     dtype = parts["transformer"].dtype
-    tensors = [_vl_resize(_to_tensor(c, dtype), VL_AREA_PLUS) for c in controls]
+    vl_controls = [controls[0], *controls] if legacy_ctrl_img else controls
+    tensors = [_vl_resize(_to_tensor(c, dtype), VL_AREA_PLUS) for c in vl_controls]
     embeds = encode_plus(parts, prompt, list(tensors))
     neg = encode_plus(parts, negative, [_vl_resize(t, VL_AREA_PLUS) for t in tensors])
     processor = VaeImageProcessor(vae_scale_factor=16)

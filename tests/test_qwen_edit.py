@@ -87,7 +87,7 @@ def render(roots, dtype, model_id, controls, loras=(), options=None, prompt=PROM
 
 
 def reference(models, dtype, model_id, controls, strength=None, do_cfg_norm=False, prompt=PROMPT, negative=NEGATIVE,
-              **values):
+              legacy_ctrl_img=False, **values):
     v = dict(SMALL, **values)
     parts = ref.load_parts(str(models / "diffusers" / f"tiny-{model_id}"), DTYPES[dtype], edit=True)
     if strength is not None:
@@ -95,7 +95,8 @@ def reference(models, dtype, model_id, controls, strength=None, do_cfg_norm=Fals
     args = (v["seed"], v["steps"], v["guidance_scale"], v["width"], v["height"])
     if model_id == "qwen_image_edit":
         return ref.preview_edit(parts, prompt, negative, controls[0], *args)
-    return ref.preview_plus(parts, prompt, negative, list(controls), *args, do_cfg_norm=do_cfg_norm)
+    return ref.preview_plus(parts, prompt, negative, list(controls), *args, do_cfg_norm=do_cfg_norm,
+                            legacy_ctrl_img=legacy_ctrl_img)
 
 
 @pytest.mark.parametrize("n, dtype", [(1, "fp32"), (3, "fp32"), (3, "bf16")])
@@ -145,6 +146,15 @@ def test_every_edit_model_with_lora_strength_flags_and_all_its_controls(models, 
     assert levels(got, render(roots, dtype, model_id, controls)) > 5, "LoRA and flags must change the picture"
     same(got, reference(models, dtype, model_id, controls, strength=0.7, prompt="make the ohwx fox blue",
                         negative="no ohwx", guidance_scale=3.0, seed=11))
+
+
+@pytest.mark.parametrize("n, dtype", [(1, "fp32"), (2, "bf16")])
+def test_legacy_ctrl_img_sample_shows_the_first_image_twice_to_the_vl_encoder(models, roots, n, dtype):
+    """A sample that names its first image `ctrl_img` (option legacy_ctrl_img): ai-toolkit's VL encoder sees it
+    twice, the VAE once; that preview differs from the ctrl_img_1 one and equals the reference."""
+    got = render(roots, dtype, "qwen_image_edit_plus", CONTROLS[:n], options={"legacy_ctrl_img": True})
+    same(got, reference(models, dtype, "qwen_image_edit_plus", CONTROLS[:n], legacy_ctrl_img=True))
+    assert levels(got, render(roots, dtype, "qwen_image_edit_plus", CONTROLS[:n])) > 0
 
 
 def test_edit_lora_applies_to_every_edit_model(roots):

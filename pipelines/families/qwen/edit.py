@@ -86,6 +86,10 @@ class QwenImageEdit(QwenImage):
     def cfg_norm(self, spec, request) -> bool:
         return self.cfg_norm_default
 
+    def vl_images(self, spec, request, images) -> list:
+        """The images the prompt encoder sees (the VAE side takes `images` as they are)."""
+        return images
+
     # ---- the two sides of the control images ---------------------------------------------------------------
     def prompt_embeds(self, sampling, request, images, dtype, device):
         """(positive, negative) (embeds, mask) with the VL-side images (`get_prompt_embeds`)."""
@@ -124,7 +128,8 @@ class QwenImageEdit(QwenImage):
         generator = torch.Generator("cpu").manual_seed(request.seed)
         config = scheduler.config
         with torch.no_grad():
-            (embeds, _), (neg, _) = self.prompt_embeds(sampling, request, images, dtype, device)
+            (embeds, _), (neg, _) = self.prompt_embeds(sampling, request, self.vl_images(spec, request, images),
+                                                        dtype, device)
             # `encode_prompt(prompt_embeds=…, prompt_embeds_mask=ones)` inside `__call__`: an all-ones mask -> None
             vae_side = self.vae_images(sampling, images, width, height)
             latents, image_latents = sampling.prepare_latents(
@@ -177,6 +182,15 @@ class QwenImageEditPlus(QwenImageEdit):
     def cfg_norm(self, spec, request) -> bool:
         options = self.options(spec, request)
         return bool(getattr(options, "do_cfg_norm", False))
+
+    def vl_images(self, spec, request, images) -> list:
+        """`BaseModel.generate_images` lists `ctrl_img`, `ctrl_img_1`, `ctrl_img_2`, `ctrl_img_3` for the prompt
+        encoder, and `GenerateImageConfig` sets ctrl_img_1 = ctrl_img when only ctrl_img is given: a legacy sample
+        (option `legacy_ctrl_img`) shows its first image to the VL encoder twice. The VAE side
+        (`generate_single_image`: ctrl_img, else ctrl_img_1, then 2 and 3) sees it once."""
+        if getattr(self.options(spec, request), "legacy_ctrl_img", False):
+            return [images[0], *images]
+        return images
 
     def prompt_embeds(self, sampling, request, images, dtype, device):
         shared = [to_tensor(image, device, dtype) for image in images]
