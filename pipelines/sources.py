@@ -159,13 +159,14 @@ def single_file_config_dir(spec, checkpoint: str) -> str:
     return os.path.join(CONFIG_ROOT, spec.single_file_config)
 
 
-def hub_snapshot(repo_id: str, allow_download: bool | None = None) -> str:
-    """Local folder of `repo_id` from the HF cache; downloads it (progress bar on the console) when allowed."""
+def hub_snapshot(repo_id: str, allow_download: bool | None = None, skip: tuple = ()) -> str:
+    """Local folder of `repo_id` from the HF cache; downloads it (progress bar on the console) when allowed, without
+    the `skip` patterns (parts the family reads from another repo)."""
     from huggingface_hub import snapshot_download
 
     # read at call time (huggingface_hub reads it once at import)
     where = dict(cache_dir=os.environ.get("HF_HUB_CACHE") or None, allow_patterns=HUB_ALLOW,
-                 ignore_patterns=HUB_IGNORE)
+                 ignore_patterns=HUB_IGNORE + list(skip))
     try:
         return snapshot_download(repo_id, local_files_only=True, **where)
     except Exception as cached_exc:  # noqa: BLE001 - not cached (or incomplete): maybe download

@@ -38,11 +38,21 @@ UNIPC_CONFIG = {
 }
 
 
+def patched_t5_tokenizer(folder: str):
+    """`toolkit/models/loaders/umt5.py:PatchedT5Tokenizer.from_pretrained` under transformers 5 (ai-toolkit pins
+    5.5.3): `T5Tokenizer` rebuilt from the vocabulary with `_spm_precompiled_charsmap=None`, i.e. no normalizer."""
+    from transformers import T5Tokenizer
+
+    tokenizer = T5Tokenizer.from_pretrained(folder)
+    tokenizer.backend_tokenizer.normalizer = None
+    return tokenizer
+
+
 def load_parts(folder: str, dtype) -> dict:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    from transformers import UMT5EncoderModel
 
-    parts = dict(tokenizer=AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer")),
+    parts = dict(tokenizer=patched_t5_tokenizer(os.path.join(folder, "tokenizer")),
                  text_encoder=UMT5EncoderModel.from_pretrained(os.path.join(folder, "text_encoder")),
                  vae=AutoencoderKLWan.from_pretrained(os.path.join(folder, "vae")),
                  transformer=WanTransformer3DModel.from_pretrained(os.path.join(folder, "transformer")))

@@ -17,12 +17,13 @@ from ..errors import ModelSourceError
 from ..sources import hub_snapshot
 
 
-def from_source(cls, spec, source, **kwargs):
-    """`cls.from_pretrained` / `from_single_file` for a resolved `BaseSource`, offline."""
+def from_source(cls, spec, source, hub_skip: tuple = (), **kwargs):
+    """`cls.from_pretrained` / `from_single_file` for a resolved `BaseSource`, offline. `hub_skip`: file patterns of
+    a Hub base never to download (the parts passed in `kwargs` from elsewhere)."""
     try:
         if source.kind == "single_file":
             return cls.from_single_file(source.location, config=source.config_dir, local_files_only=True, **kwargs)
-        folder = hub_snapshot(source.location) if source.kind == "hub" else source.location
+        folder = hub_snapshot(source.location, skip=hub_skip) if source.kind == "hub" else source.location
         return cls.from_pretrained(folder, local_files_only=True, **kwargs)
     except ModelSourceError:
         raise

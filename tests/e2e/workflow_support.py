@@ -24,6 +24,7 @@ from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
 from aitk_pack.pipelines.registry import REGISTRY, model_ids
 from aitk_pack.pipelines.sources import ModelRoots
+from tests.fixtures.fake_hub import fake_hub_repo
 from tests.fixtures.tiny_models import TINY
 
 E2E_DIR = Path(__file__).resolve().parent
@@ -187,6 +188,9 @@ def e2e_models(tmp_path_factory):
         TINY[model].save(str(entry / "snapshots" / revision), pipe)
         (entry / "refs").mkdir()
         (entry / "refs" / "main").write_text(revision)
+        for extra, files in TINY[model].hub_extras(str(entry / "snapshots" / revision)).items():
+            if not (hub / ("models--" + extra.replace("/", "--"))).exists():  # shared by several ids: the first
+                fake_hub_repo(str(hub), extra, files)
         if model == "sd15" or model in used.values():
             pipes[model] = pipe
     for name, model in used.items():

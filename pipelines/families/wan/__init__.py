@@ -36,6 +36,7 @@ from ...lora.aliases import Alias
 from ..base import Family
 from ..common import from_source, prepare_components, quantize_components, step_callback_kwargs
 from .samplers import preview_sampler
+from .umt5 import UMT5_REPO, load_text_parts
 
 MAX_SEQUENCE_LENGTH = 512  # Wan21.get_prompt_embeds
 SIZE_MULTIPLE = 16         # WanPipeline.check_inputs
@@ -75,6 +76,24 @@ def encode_wan(pipe, prompt: str, dtype):
     return embeds
 
 
+TEXT_PARTS = ("text_encoder/*", "tokenizer/*")  # of a Hub base: ai-toolkit reads them from UMT5_REPO
+
+
+def text_parts(spec, source) -> dict:
+    """The UMT5 encoder and tokenizer for `from_pretrained`, from where ai-toolkit reads them (`umt5.py`); none for a
+    single-file base (its sidecar folder's own are used)."""
+    if source.kind == "single_file":
+        return {}
+    try:
+        return load_text_parts(source)
+    except ModelSourceError as exc:
+        raise ModelSourceError(f"{spec.label} reads its UMT5 text encoder and tokenizer from {UMT5_REPO}, as "
+                               f"ai-toolkit does for a Hub base: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for unreadable models
+        raise ModelSourceError(f"Could not load {spec.label}'s UMT5 text encoder and tokenizer from where "
+                               f"ai-toolkit reads them ({type(exc).__name__}: {exc}).") from exc
+
+
 def _ftfy_note(*texts) -> str | None:
     try:
         import ftfy  # noqa: F401
@@ -97,7 +116,8 @@ class Wan21(Family):
     def load(self, spec, source, dtype, device, quantization=None):
         from diffusers import WanPipeline
 
-        pipe = from_source(WanPipeline, spec, source, scheduler=self.scheduler(spec))
+        pipe = from_source(WanPipeline, spec, source, scheduler=self.scheduler(spec), hub_skip=TEXT_PARTS,
+                           **text_parts(spec, source))
         label = os.path.basename(source.location)
         if pipe.transformer is None:
             raise ModelSourceError(f"{label} has no transformer/ (a Wan 2.2 expert pair?); it is not {spec.label}.")
