@@ -5,7 +5,8 @@ Wan-AI/Wan2.2-TI2V-5B-Diffusers, `quantize`, `quantize_te` and `low_vram` on, `s
 24, `sample.width`/`height` 768, `sample.ctrl_img` shown), the sample defaults (`ui/src/helpers/defaultSamples.ts`:
 30 steps, guidance 4; `jobConfig.ts`: qtype qfloat8) and `extensions_built_in/diffusion_models/wan22/
 wan22_5b_model.py:Wan225bModel` (`scheduler_config` shift 5.0, `get_base_model_version` "wan_2.2_5b",
-`get_bucket_divisibility` 32, `get_quantization_exclude_modules` ["condition_embedder*", "proj_out*"]).
+`get_bucket_divisibility` 32, `get_quantization_exclude_modules` ["condition_embedder*", "proj_out*"], and `generate_single_image`'s frame
+snapping `((n - 1) // 4) * 4 + 1`, which rounds down: 8 -> 5).
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ SPECS = (
         id="wan22_5b", label="Wan 2.2 TI2V 5B", family="wan", variant="ti2v5b", base_repo="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
         pipeline_class="WanPipeline", defaults=SampleDefaults(steps=30, guidance_scale=4.0, width=768, height=768),
         scheduler=WAN22_5B_SCHEDULER, lora=WAN_LORA, size=WAN22_5B_SIZE, guidance=GuidanceSpec("cfg"),
-        media=MediaSpec("video", frame_step=4, default_frames=121, fps=24),
+        media=MediaSpec("video", frame_step=4, default_frames=121, fps=24, snap_down=True),
         controls=(ControlSlot("control_image", False, FIRST_FRAME),),
         quant=QuantSpec(preset="qfloat8", components=("transformer", "text_encoder"),
                         rules=MappingProxyType({"transformer": _RULE})),
