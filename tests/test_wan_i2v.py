@@ -210,3 +210,22 @@ def test_qfloat8_preset_with_branch_lora(models, roots, dtype):
     plain = render(roots, dtype, loras=[(LORA, 1.0)]).frames
     print(f"\nwan21_i2v_14b {dtype}: qfloat8 vs unquantized render: {levels(out.frames, plain)} levels")
     assert levels(out.frames, plain) > 0
+
+
+def test_stock_pipeline_given_the_unresized_image_differs(models, roots):
+    """Measured: ai-toolkit resizes the control image (LANCZOS, output size) before the pipeline, so the CLIP
+    processor sees the resized picture; the stock pipeline handed the original image crops another square."""
+    from diffusers import WanImageToVideoPipeline
+
+    parts = ref.load_parts(str(models / "diffusers" / f"tiny-{MODEL}"), torch.float32, i2v=True)
+    pipe = WanImageToVideoPipeline(scheduler=ref.ref.scheduler("flowmatch"), **parts)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        video = pipe(image=IMAGE, prompt_embeds=ref.ref.encode(parts, PROMPT, torch.float32),
+                     negative_prompt_embeds=ref.ref.encode(parts, NEGATIVE, torch.float32), height=64, width=64,
+                     num_frames=5, num_inference_steps=2, guidance_scale=4.0,
+                     generator=torch.Generator("cpu").manual_seed(7), output_type="np").frames[0]
+    stock = (video * 255).round().astype(np.uint8)
+    got = render(roots, "fp32").frames
+    print(f"\nwan21_i2v_14b fp32: the stock pipeline given the unresized control image: {levels(got, stock)} levels")
+    assert levels(got, stock) > 0
