@@ -116,9 +116,11 @@ def i2v21_preview(parts: dict, image, prompt: str, negative: str, seed: int, ste
 
 def ti2v5b_preview(parts: dict, image, prompt: str, negative: str, seed: int, steps: int, guidance: float,
                    width: int, height: int, frames: int, dtype, sampler: str = "flowmatch", tiled: bool = True,
-                   mode_instead_of_sample: bool = False) -> np.ndarray:
+                   mode_instead_of_sample: bool = False, fp32_conditioning: bool = False) -> np.ndarray:
     """uint8 frames [F, H, W, 3] as ai-toolkit's Wan 2.2 5B preview (`image` None: text-to-video).
-    `mode_instead_of_sample` encodes the first frame with the posterior mean (Diffusers' pipeline), to measure it."""
+    To measure what ai-toolkit's choices weigh: `mode_instead_of_sample` encodes the first frame with the posterior
+    mean (Diffusers' pipeline); `fp32_conditioning` keeps the noise, the first-frame latents and the mask (so the
+    per-token timesteps) in fp32 instead of the sampling dtype."""
     from PIL import Image
 
     frames = max((frames - 1) // 4 * 4 + 1, 1)
@@ -141,7 +143,8 @@ def ti2v5b_preview(parts: dict, image, prompt: str, negative: str, seed: int, st
             mask = torch.ones(latents.shape, dtype=torch.float32)
         else:
             image = image.convert("RGB").resize((width, height), Image.LANCZOS)
-            noise = noise.to(dtype)
+            cdtype = torch.float32 if fp32_conditioning else dtype
+            noise = noise.to(cdtype)
             pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)[None]
             first = pixels.to(dtype) * 2.0 - 1.0
             first = F.interpolate(first, size=(height, width), mode="bilinear", align_corners=False)
@@ -150,13 +153,13 @@ def ti2v5b_preview(parts: dict, image, prompt: str, negative: str, seed: int, st
                 z = dist.mean
             else:
                 z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=gen, dtype=dist.mean.dtype)
-            z = z.to(dtype)
-            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(dtype)
-            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(dtype)
+            z = z.to(cdtype)
+            mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(cdtype)
+            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(cdtype)
             z = (z - mean) * inv_std
             latents = noise.clone()
             latents[:, :, :1] = z
-            mask = torch.ones(1, 1, t_lat, h, w, dtype=dtype)
+            mask = torch.ones(1, 1, t_lat, h, w, dtype=cdtype)
             mask[:, :, :1] = 0.0
             latents = latents.to(torch.float32)
         for t in timesteps:

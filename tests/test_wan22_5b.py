@@ -114,7 +114,8 @@ def reference(models, dtype, strength=None, quantized=False, sampler="flowmatch"
             assert ref.ref.merge(parts, sd, strength) == 20
     return ref.ti2v5b_preview(parts, image, PROMPT, NEGATIVE, v["seed"], v["steps"], v["guidance_scale"], v["width"],
                               v["height"], v["num_frames"], DTYPES[dtype], sampler=sampler, tiled=tiled,
-                              mode_instead_of_sample=v.get("mode", False))
+                              mode_instead_of_sample=v.get("mode", False),
+                              fp32_conditioning=v.get("fp32_conditioning", False))
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
@@ -142,6 +143,15 @@ def test_first_frame_is_a_vae_sample_not_the_mode(models, roots):
     print(f"\nwan22_5b fp32: the first frame VAE-encoded with the mode (Diffusers' WanImageToVideoPipeline) instead "
           f"of ai-toolkit's sample: {levels(got, mode)} levels")
     assert levels(got, mode) > 0
+
+
+def test_bf16_conditioning_is_ai_toolkits(models, roots):
+    """Measured: in bf16 ai-toolkit casts the noise and the first-frame latents to bf16 before its pipeline, and
+    its bf16 mask makes the per-token timesteps bf16; keeping them fp32 is another video."""
+    got = render(roots, "bf16").frames
+    fp32 = reference(models, "bf16", fp32_conditioning=True)
+    print(f"\nwan22_5b bf16 image-to-video: noise, first frame and mask kept in fp32: {levels(got, fp32)} levels")
+    assert levels(got, fp32) > 0
 
 
 @pytest.mark.parametrize("dtype,strength", [("fp32", 1.0), ("bf16", 1.0), ("fp32", 0.6)])
