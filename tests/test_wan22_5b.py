@@ -217,3 +217,21 @@ def test_qfloat8_preset_with_branch_lora(models, roots, dtype):
     plain = render(roots, dtype, loras=[(LORA, 1.0)]).frames
     print(f"\nwan22_5b {dtype}: qfloat8 vs unquantized render: {levels(out.frames, plain)} levels")
     assert levels(out.frames, plain) > 0
+
+
+def test_text_to_video_at_small_sizes_is_also_the_stock_pipeline(models, roots):
+    """A cross-check: for text-to-video below the tiling size, ai-toolkit's Wan22Pipeline computes what Diffusers'
+    WanPipeline(expand_timesteps=True) does; they part on frame snapping (8 -> 5 vs 9), the 32-floor, the tiled
+    decode and the image-to-video conditioning."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    parts = ref.load_parts(str(models / "diffusers" / f"tiny-{MODEL}"), torch.float32, i2v=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0, use_dynamic_shifting=False)
+    pipe = WanPipeline(scheduler=scheduler, expand_timesteps=True, **parts)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        video = pipe(prompt_embeds=ref.ref.encode(parts, PROMPT, torch.float32),
+                     negative_prompt_embeds=ref.ref.encode(parts, NEGATIVE, torch.float32), height=64, width=64,
+                     num_frames=5, num_inference_steps=2, guidance_scale=4.0,
+                     generator=torch.Generator("cpu").manual_seed(7), output_type="np").frames[0]
+    same(render(roots, "fp32", image=None).frames, (video * 255).round().astype(np.uint8))
