@@ -79,6 +79,7 @@ class MediaSpec:
     frame_step: int = 0
     default_frames: int = 1
     fps: int = 0
+    snap_down: bool = False  # the model class snaps before its pipeline as `(n - 1) // step * step + 1` (8 -> 5)
 
     @property
     def is_video(self) -> bool:
@@ -87,10 +88,13 @@ class MediaSpec:
     def snap_frames(self, frames: int) -> int:
         """The frame count the pipeline renders for a requested one: 1 for image models; else, when
         `frames % frame_step != 1`, `frames // frame_step * frame_step + 1` (Diffusers' WanPipeline and ai-toolkit's
-        Wan22Pipeline, step 4: 6 -> 5, 7 -> 5, 8 -> 9, 42 -> 41), at least 1."""
+        Wan22Pipeline, step 4: 6 -> 5, 7 -> 5, 8 -> 9, 42 -> 41), at least 1; with `snap_down` (a model class that
+        snaps first, as Wan 2.2 5B's `generate_single_image`) `(frames - 1) // frame_step * frame_step + 1` (8 -> 5)."""
         if not self.is_video:
             return 1
         step = self.frame_step
+        if step > 1 and self.snap_down:
+            return max((int(frames) - 1) // step * step + 1, 1)
         if step > 1 and frames % step != 1:
             frames = frames // step * step + 1
         return max(int(frames), 1)

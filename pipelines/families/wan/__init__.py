@@ -177,4 +177,7 @@ class Wan21(Family):
         return Render(frames=video[0], fps=float(request.fps), notes=tuple(notes))
 
 
-VARIANTS = {"": Wan21}
+from .i2v21 import Wan21I2V  # noqa: E402  (at the bottom: they subclass Wan21)
+from .ti2v5b import Wan225b  # noqa: E402
+
+VARIANTS = {"": Wan21, "i2v21": Wan21I2V, "ti2v5b": Wan225b}
