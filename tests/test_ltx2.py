@@ -209,3 +209,24 @@ def test_ltx23_lora_and_stg_block_28(models, roots):
 def test_wrong_vocoder_is_refused(models, roots):
     with pytest.raises(ModelSourceError, match="LTX2VocoderWithBWE"):
         engine.load("ltx2.3", base="tiny-ltx2", dtype="fp32", device="cpu", roots=roots, quantization="none")
+
+
+def test_node_outputs_audio_and_a_video_carrying_it(models, roots, monkeypatch):
+    """AIToolkitSample: IMAGE = the frames, AUDIO = ComfyUI AUDIO {"waveform": [1, 2, S], "sample_rate"} equal to the
+    library's samples (= the reference's), and the VIDEO carries that same AUDIO, so Save Video writes the track."""
+    from tests.conftest import pack
+
+    monkeypatch.setenv("AITK_MODELS_DIR", str(models))
+    mapping = pack.NODE_CLASS_MAPPINGS
+    (h,) = mapping["LoadAIToolkitPipeline"]().load(model="ltx2", base="tiny-ltx2", dtype="fp32", device="cpu",
+                                                   quantization="none")
+    image, video, audio = mapping["AIToolkitSample"]().sample(
+        pipeline=h, prompt=PROMPT, negative_prompt=NEGATIVE, trigger_word="", width=64, height=64, seed=7, steps=2,
+        guidance_scale=4.0, num_frames=9, fps=12)
+    want = render(roots, "fp32", fps=12)
+    assert np.array_equal(np.rint(image.numpy() * 255).astype(np.uint8), want.frames)
+    assert audio["sample_rate"] == tiny_ltx2.SAMPLE_RATE and audio["waveform"].dtype == torch.float32
+    assert audio["waveform"].shape == (1,) + want.audio.waveform.shape
+    assert np.array_equal(audio["waveform"][0].numpy(), want.audio.waveform)
+    parts = video.get_components()
+    assert parts.frame_rate == 12 and parts.audio is audio and torch.equal(parts.images, image)

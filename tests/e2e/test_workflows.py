@@ -69,7 +69,7 @@ def test_object_info_has_the_contract_inputs(comfy_server, e2e_models):
         assert info[cls]["display_name"] != cls, f"{cls} has no display name"
     load, lora, sample, options = (info[c] for c in CONTRACT_INPUTS)
     assert load["output"] == lora["output"] == options["output"] == ["AITK_PIPELINE"]
-    assert sample["output"] == ["IMAGE", "VIDEO"]
+    assert sample["output"] == ["IMAGE", "VIDEO", "AUDIO"]
     assert (lora["input"]["required"]["pipeline"][0] == sample["input"]["required"]["pipeline"][0]
             == options["input"]["required"]["pipeline"][0] == "AITK_PIPELINE")
 
