@@ -44,8 +44,8 @@ from PIL import Image
 from workflow_support import (  # noqa: F401  (fixtures: e2e_models, comfy_server*, browser, library)
     CONTRACT_INPUTS, DOCS, FULL_RUN_TIMEOUT, FULL_SIZE, NEW_THUMBS, QUICK, SMALL, TRIGGER, TRUNCATED, UI_SIZE_STEPS,
     UPDATE_DOCS, WORKFLOWS, WRONG_FAMILY, assert_same_pixels, assert_success, browser, cached_nodes, comfy_extra_args,
-    comfy_server, comfy_server_env, e2e_models, example_workflows, find, fresh_seed, library, load_json, saved_image,
-    saved_video, small_prompt, small_twin, touch, twin_path, ui_nodes, workflow_model, workflow_path)
+    comfy_server, comfy_server_env, e2e_models, example_workflows, find, fresh_seed, library, load_json, saved_audio,
+    saved_image, saved_video, small_prompt, small_twin, touch, twin_path, ui_nodes, workflow_model, workflow_path)
 
 from aitk_pack.nodes.pipeline_nodes import CONTROL_INPUTS
 from aitk_pack.pipelines import engine
@@ -285,6 +285,16 @@ def test_api_twin_renders_through_post_prompt(comfy_server, library, model):
         assert video.shape == saved.shape and fps == REGISTRY[model].media.fps, (video.shape, fps)
         # h264 is lossy: the video shows the frames, not their exact values
         assert np.abs(video.astype(int) - saved.astype(int)).mean() < 12, "the video does not show the frames"
+        # the audio track (LTX-2): AAC at the vocoder's rate, as long as the preview's samples (AAC pads its frames);
+        # none for models without audio
+        audio, track = library.audio(prompt), saved_audio(comfy_server, entry)
+        assert (track is None) == (audio is None), "the video's audio track does not follow the model"
+        if audio is not None:
+            rate, samples = track
+            want = np.asarray(audio.waveform)
+            assert rate == audio.sample_rate and samples.shape[0] == want.shape[0], (rate, samples.shape)
+            assert abs(samples.shape[1] - want.shape[1]) <= 2048, (samples.shape, want.shape)
+            assert np.abs(samples).max() > 0, "the audio track is silent"
 
 
 # --- errors ---------------------------------------------------------------------------------------------------------
