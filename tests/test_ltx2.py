@@ -52,8 +52,8 @@ def roots(models):
     CACHE.release()
 
 
-def handle(roots, dtype, loras=(), model="ltx2"):
-    h = engine.load(model, base=f"tiny-{model}", dtype=dtype, device="cpu", roots=roots, quantization="none")
+def handle(roots, dtype, loras=(), model="ltx2", quantization="none"):
+    h = engine.load(model, base=f"tiny-{model}", dtype=dtype, device="cpu", roots=roots, quantization=quantization)
     for name, strength in loras:
         h = engine.apply_lora(h, name, strength, roots=roots)
     return h
@@ -62,11 +62,11 @@ def handle(roots, dtype, loras=(), model="ltx2"):
 _RENDERS: dict = {}
 
 
-def render(roots, dtype, loras=(), model="ltx2", prompt=PROMPT, **values):
+def render(roots, dtype, loras=(), model="ltx2", prompt=PROMPT, quantization="none", **values):
     """The library's render (memoized per arguments: several tests compare against the same one)."""
-    key = (dtype, tuple(loras), model, prompt, tuple(sorted(values.items())))
+    key = (dtype, tuple(loras), model, prompt, quantization, tuple(sorted(values.items())))
     if key not in _RENDERS:
-        h = handle(roots, dtype, loras, model)
+        h = handle(roots, dtype, loras, model, quantization)
         request = engine.build_request(h.spec, prompt, **{**SMALL, "negative_prompt": NEGATIVE, **values})
         _RENDERS[key] = engine.render(h, request)
     return _RENDERS[key]
@@ -75,12 +75,22 @@ def render(roots, dtype, loras=(), model="ltx2", prompt=PROMPT, **values):
 _PARTS: dict = {}
 
 
-def reference(models, dtype, strength=None, model="ltx2", prompt=PROMPT, negative=NEGATIVE, **values):
+def reference(models, dtype, strength=None, model="ltx2", prompt=PROMPT, negative=NEGATIVE, quantized=False,
+              **values):
     v = dict(SMALL, **values)
     parts = ref.load_parts(str(models / "diffusers" / f"tiny-{model}"), DTYPES[dtype], v23=model == "ltx2.3")
+    if quantized:  # the preset: qfloat8 transformer and Gemma 3, the LoRA as ai-toolkit's unmerged fp32 branch
+        from tests.reference_flux import branch_peft, quantize_like_aitk
+
+        quantize_like_aitk(parts["transformer"], DTYPES[dtype])
+        quantize_like_aitk(parts["text_encoder"], DTYPES[dtype])
     if strength is not None:
         sd = load_file(str(models / "loras" / LORA[model]))
-        assert ref.merge(parts, sd, strength) == len(sd) // 2
+        if quantized:
+            peft = {"transformer." + k[len("diffusion_model."):]: t for k, t in sd.items()}
+            assert branch_peft(parts, peft, strength) == len(sd) // 2
+        else:
+            assert ref.merge(parts, sd, strength) == len(sd) // 2
     return ref.preview(parts, prompt, negative, v["seed"], v["steps"], v["guidance_scale"], v["width"],
                        v["height"], v["num_frames"], DTYPES[dtype])
 
@@ -230,3 +240,17 @@ def test_node_outputs_audio_and_a_video_carrying_it(models, roots, monkeypatch):
     assert np.array_equal(audio["waveform"][0].numpy(), want.audio.waveform)
     parts = video.get_components()
     assert parts.frame_rate == 12 and parts.audio is audio and torch.equal(parts.images, image)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_qfloat8_preset_with_branch_lora(models, roots, dtype):
+    pytest.importorskip("optimum.quanto")
+    out = render(roots, dtype, loras=[(LORA["ltx2"], 1.0)], quantization="match training")
+    assert any(n.startswith("quantized base: qfloat8 on transformer, text_encoder") and
+               n.endswith("(LoRA as an fp32 branch)") for n in out.notes), out.notes
+    frames, wave, rate = reference(models, dtype, strength=1.0, quantized=True)
+    same(out.frames, frames)
+    same_audio(out, wave, rate)
+    plain = render(roots, dtype, loras=[(LORA["ltx2"], 1.0)])
+    print(f"\nltx2 {dtype}: qfloat8 vs unquantized render: {levels(out.frames, plain.frames)} levels")
+    assert levels(out.frames, plain.frames) > 0
