@@ -283,8 +283,10 @@ def test_api_twin_renders_through_post_prompt(comfy_server, library, model):
     if any(node["class_type"] == "SaveVideo" for node in prompt.values()):
         video, fps = saved_video(comfy_server, entry)
         assert video.shape == saved.shape and fps == REGISTRY[model].media.fps, (video.shape, fps)
-        # h264 is lossy: the video shows the frames, not their exact values
-        assert np.abs(video.astype(int) - saved.astype(int)).mean() < 12, "the video does not show the frames"
+        # h264 (yuv420p) is lossy: the video shows the frames, not their exact values. The tiny models' frames are
+        # near pixel noise (LTX-2's tiny VAE: 4x4 patches of unrelated values), which h264 smooths away (29 levels
+        # mean per pixel there), so compare 8x8 block means (2 levels there; another frame: 5.5)
+        assert np.abs(_blocks(video) - _blocks(saved)).mean() < 4, "the video does not show the frames"
         # the audio track (LTX-2): AAC at the vocoder's rate, as long as the preview's samples (AAC pads its frames);
         # none for models without audio
         audio, track = library.audio(prompt), saved_audio(comfy_server, entry)
@@ -295,6 +297,11 @@ def test_api_twin_renders_through_post_prompt(comfy_server, library, model):
             assert rate == audio.sample_rate and samples.shape[0] == want.shape[0], (rate, samples.shape)
             assert abs(samples.shape[1] - want.shape[1]) <= 2048, (samples.shape, want.shape)
             assert np.abs(samples).max() > 0, "the audio track is silent"
+
+
+def _blocks(frames: np.ndarray, size: int = 8) -> np.ndarray:
+    t, h, w, c = frames.shape
+    return frames.astype(float).reshape(t, h // size, size, w // size, size, c).mean(axis=(2, 4))
 
 
 # --- errors ---------------------------------------------------------------------------------------------------------
