@@ -199,8 +199,8 @@ class AIToolkitSample:
                 "num_frames": ("INT", {"default": 0, "min": 0, "max": engine.MAX_FRAMES, "step": 1,
                                        "tooltip": "Video models: sample num_frames; 0 = the model default ("
                                                   f"{_VIDEO_DEFAULTS}). Snapped as ai-toolkit's pipeline does "
-                                                  "(Wan: 4k+1, e.g. 42 -> 41; LTX-2: 8k+1 rounding down, e.g. 16 -> 9). A --frames flag "
-                                                  "overrides it. Image "
+                                                  "(Wan: 4k+1, e.g. 42 -> 41; LTX-2: 8k+1 rounding down, e.g. "
+                                                  "16 -> 9). A --frames flag overrides it. Image "
                                                   "models ignore it."}),
                 "fps": ("INT", {"default": 0, "min": 0, "max": engine.MAX_FPS, "step": 1,
                                 "tooltip": "Video models: sample fps (the video's frame rate; 0 = the model "

@@ -254,3 +254,16 @@ def test_qfloat8_preset_with_branch_lora(models, roots, dtype):
     plain = render(roots, dtype, loras=[(LORA["ltx2"], 1.0)])
     print(f"\nltx2 {dtype}: qfloat8 vs unquantized render: {levels(out.frames, plain.frames)} levels")
     assert levels(out.frames, plain.frames) > 0
+
+
+def test_control_image_is_refused_not_ignored(roots):
+    """ai-toolkit previews a sample with ctrl_img through LTX2ImageToVideoPipeline, which this pack does not
+    reproduce yet: a connected image is an error that says so, not a silently different text-to-video preview."""
+    from PIL import Image
+
+    from aitk_pack.pipelines.errors import ControlImageError
+
+    h = handle(roots, "fp32")
+    request = engine.build_request(h.spec, PROMPT, controls=(Image.new("RGB", (64, 64)),), **SMALL)
+    with pytest.raises(ControlImageError, match="disconnect control_image"):
+        engine.render(h, request)

@@ -14,8 +14,8 @@ from types import MappingProxyType
 
 from .. import latent_formats
 from ..quantize import QuantizeRule
-from ..spec import (GuidanceSpec, LoraLayout, MediaSpec, ModelSpec, QuantSpec, SampleDefaults, SchedulerSpec,
-                    SizeRule)
+from ..spec import (ControlSlot, GuidanceSpec, LoraLayout, MediaSpec, ModelSpec, QuantSpec, SampleDefaults,
+                    SchedulerSpec, SizeRule)
 
 ORDER = 80
 
@@ -38,9 +38,12 @@ LTX2_LORA = LoraLayout(peft_prefixes=MappingProxyType({"diffusion_model": "trans
 # quantize_te: plain quantize(text_encoder) + freeze
 LTX2_QUANT = QuantSpec(preset="qfloat8", components=("transformer", "text_encoder"),
                        rules=MappingProxyType({"transformer": QuantizeRule(blocks=("transformer_blocks",))}))
+# ai-toolkit previews with LTX2ImageToVideoPipeline when the sample has a ctrl_img: not reproduced yet, so a
+# connected image is refused (families/ltx2: check_request) instead of being ignored into a different preview
+LTX2_I2V = ControlSlot("control_image", False, "ai-toolkit's ctrl_img: image-to-video, not supported yet (refused)")
 LTX2_COMMON = dict(family="ltx2", pipeline_class="LTX2Pipeline", defaults=LTX2_DEFAULTS, scheduler=LTX2_SCHEDULER,
-                   lora=LTX2_LORA, size=LTX2_SIZE, guidance=GuidanceSpec("cfg"), media=LTX2_MEDIA, quant=LTX2_QUANT,
-                   preview=latent_formats.LTXV, base_versions=("ltx2",))
+                   controls=(LTX2_I2V,), lora=LTX2_LORA, size=LTX2_SIZE, guidance=GuidanceSpec("cfg"),
+                   media=LTX2_MEDIA, quant=LTX2_QUANT, preview=latent_formats.LTXV, base_versions=("ltx2",))
 
 SPECS = (
     ModelSpec(

@@ -32,7 +32,7 @@ import os
 
 import torch
 
-from ...errors import ModelSourceError
+from ...errors import ControlImageError, ModelSourceError
 from ..base import Family
 from ..common import from_source, prepare_components, quantize_components, step_callback_kwargs
 
@@ -99,6 +99,14 @@ class LTX2(Family):
         return pipe
 
     # ---- sampling ------------------------------------------------------------------------------------------
+    def check_request(self, spec, request):
+        super().check_request(spec, request)
+        if any(image is not None for image in request.controls):
+            raise ControlImageError(
+                f"{spec.label} image-to-video (ai-toolkit's ctrl_img: LTX2ImageToVideoPipeline) is not supported by "
+                "this pack yet, so the preview would not be ai-toolkit's: disconnect control_image to render the "
+                "text-to-video preview.")
+
     def sampling_pipeline(self, spec, pipe, sampler):
         from diffusers import LTX2Pipeline
 
