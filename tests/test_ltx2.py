@@ -267,3 +267,23 @@ def test_control_image_is_refused_not_ignored(roots):
     request = engine.build_request(h.spec, PROMPT, controls=(Image.new("RGB", (64, 64)),), **SMALL)
     with pytest.raises(ControlImageError, match="disconnect control_image"):
         engine.render(h, request)
+
+
+def test_live_preview_unpacks_the_middle_latent_frame():
+    """The sampler's packed video tokens [1, F*h*w, 128] → the middle latent frame [128, h, w] (ComfyUI's LTXV
+    factors)."""
+    from aitk_pack.pipelines.families import get_family
+    from aitk_pack.pipelines.preview import latent_to_image
+    from aitk_pack.pipelines.registry import get_spec
+
+    spec = get_spec("ltx2")
+    request = engine.build_request(spec, "x", width=128, height=64, num_frames=17)  # 3 latent frames of 2x4
+    grid = torch.zeros(1, 3, 2, 4, 128)
+    grid[0, 1] = torch.linspace(-1, 1, 128)  # only the middle frame is non-zero
+    packed = grid.reshape(1, 3 * 2 * 4, 128)
+    middle = get_family(spec).preview_latents(spec, packed, request)
+    assert torch.equal(middle, grid[0, 1].permute(2, 0, 1))
+    image = latent_to_image(spec, packed, 64, request)
+    flat = latent_to_image(spec, torch.zeros_like(packed), 64, request)
+    assert image is not None and image.size == (64, 32)
+    assert np.asarray(image).tolist() != np.asarray(flat).tolist()
