@@ -26,6 +26,12 @@ SMALL = dict(width=64, height=64, steps=2, seed=7, guidance_scale=4.0, num_frame
 PROMPT = "a red fox running in the snow"
 NEGATIVE = "blurry"
 LORA = {"ltx2": "ltx2_aitk.safetensors", "ltx2.3": "ltx23_aitk.safetensors"}
+# Linears outside transformer_blocks (a LoRA trained without transformer_only) -> the names ai-toolkit saves them
+# under (`convert_lora_diffusers_to_original`: the inverse of LTX_2_0_TRANSFORMER_KEYS_RENAME_DICT, written out here)
+OUTSIDE = {"proj_in": "patchify_proj", "audio_proj_in": "audio_patchify_proj",
+           "time_embed.linear": "adaln_single.linear",
+           "audio_time_embed.emb.timestep_embedder.linear_1": "audio_adaln_single.emb.timestep_embedder.linear_1",
+           "av_cross_attn_video_a2v_gate.linear": "av_ca_a2v_gate_adaln_single.linear", "proj_out": "proj_out"}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +46,10 @@ def models(tmp_path_factory):
         if model_id == "ltx2":
             save_file(sd, str(root / "loras" / "ltx2_as_wan.safetensors"),
                       metadata=tiny_ltx2.aitk_metadata(sd, base_version="wan_2.1"))
+            for naming in ("original", "diffusers"):
+                extra = tiny_ltx2.outside_blocks_lora(pipe.transformer, OUTSIDE, naming=naming)
+                save_file(extra, str(root / "loras" / f"ltx2_outside_{naming}.safetensors"),
+                          metadata=tiny_ltx2.aitk_metadata(extra))
     return root
 
 
@@ -287,3 +297,15 @@ def test_live_preview_unpacks_the_middle_latent_frame():
     flat = latent_to_image(spec, torch.zeros_like(packed), 64, request)
     assert image is not None and image.size == (64, 32)
     assert np.asarray(image).tolist() != np.asarray(flat).tolist()
+
+
+def test_layers_outside_the_blocks_under_their_original_names(roots):
+    """A file with the non-block Linears under the names ai-toolkit saves (`patchify_proj`, `adaln_single.` …)
+    applies every key and renders exactly as the same tensors under Diffusers paths."""
+    reports = [handle(roots, "fp32", [(f"ltx2_outside_{n}.safetensors", 1.0)]).reports()[0]
+               for n in ("original", "diffusers")]
+    assert [(r.applied_modules, r.not_applied_keys) for r in reports] == [(len(OUTSIDE), 0)] * 2, \
+        [r.summary() for r in reports]
+    original = render(roots, "fp32", loras=[("ltx2_outside_original.safetensors", 1.0)])
+    same(original.frames, render(roots, "fp32", loras=[("ltx2_outside_diffusers.safetensors", 1.0)]).frames)
+    assert levels(original.frames, render(roots, "fp32").frames) > 0

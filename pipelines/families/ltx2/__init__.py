@@ -25,6 +25,8 @@ What ai-toolkit 0.12.26 (27a03a91) does (`extensions_built_in/diffusion_models/l
 
 LoRA names: `diffusion_model.transformer_blocks.N.<Diffusers path>` (`convert_lora_diffusers_to_original` is an
 identity on the block Linears), peft `lora_A`/`lora_B`, no alpha; merged at the node's strength on the first run.
+Layers outside the blocks (a file trained without `transformer_only`) are also found under the original names that
+function writes (`proj_in` -> `patchify_proj`, `time_embed.` -> `adaln_single.` …, `ORIGINAL_NAMES`).
 """
 from __future__ import annotations
 
@@ -40,6 +42,32 @@ MAX_TOKENS = 1024   # get_prompt_embeds max_length, pad_embeds target_length
 SIZE_MULTIPLE = 32  # LTX2Model.get_bucket_divisibility
 PIPELINE_FPS = 24.0  # LTX2Pipeline.__call__'s frame_rate default (ai-toolkit never passes one)
 # LTX2Model.generate_single_image for ltx_version 2.3/2.5, as written there
+# convert_ltx2_to_diffusers.py:LTX_2_0_TRANSFORMER_KEYS_RENAME_DICT (original -> Diffusers), inverted by
+# convert_lora_diffusers_to_original when ai-toolkit saves a LoRA (2.3 adds the prompt_adaln pair)
+ORIGINAL_NAMES = {"patchify_proj": "proj_in", "audio_patchify_proj": "audio_proj_in",
+                  "av_ca_video_scale_shift_adaln_single": "av_cross_attn_video_scale_shift",
+                  "av_ca_a2v_gate_adaln_single": "av_cross_attn_video_a2v_gate",
+                  "av_ca_audio_scale_shift_adaln_single": "av_cross_attn_audio_scale_shift",
+                  "av_ca_v2a_gate_adaln_single": "av_cross_attn_audio_v2a_gate",
+                  "scale_shift_table_a2v_ca_video": "video_a2v_cross_attn_scale_shift_table",
+                  "scale_shift_table_a2v_ca_audio": "audio_a2v_cross_attn_scale_shift_table",
+                  "q_norm": "norm_q", "k_norm": "norm_k"}
+ORIGINAL_NAMES_2_3 = {**ORIGINAL_NAMES, "audio_prompt_adaln_single": "audio_prompt_adaln",
+                      "prompt_adaln_single": "prompt_adaln"}
+
+
+def original_name(path: str, names=ORIGINAL_NAMES) -> str:
+    """`convert_lora_diffusers_to_original` of one Diffusers module path: the time-embedding prefixes, then every
+    inverse rename, longest Diffusers name first (as written there)."""
+    if path.startswith("time_embed."):
+        path = path.replace("time_embed.", "adaln_single.", 1)
+    elif path.startswith("audio_time_embed."):
+        path = path.replace("audio_time_embed.", "audio_adaln_single.", 1)
+    for ours, theirs in sorted(((v, k) for k, v in names.items()), key=lambda kv: len(kv[0]), reverse=True):
+        path = path.replace(ours, theirs)
+    return path
+
+
 LTX2_3_GUIDANCE = dict(stg_scale=1.0, modality_scale=3.0, guidance_rescale=0.7, audio_guidance_scale=7.0,
                        audio_stg_scale=1.0, audio_modality_scale=3.0, audio_guidance_rescale=0.7,
                        spatio_temporal_guidance_blocks=[28], use_cross_timestep=True)
@@ -71,6 +99,7 @@ class LTX2(Family):
     vocoder_class = "LTX2Vocoder"
     #: the guidance arguments ai-toolkit passes besides guidance_scale (2.0: none)
     guidance_values: dict = {}
+    original_names = ORIGINAL_NAMES
 
     # ---- loading -------------------------------------------------------------------------------------------
     def load(self, spec, source, dtype, device, quantization=None):
@@ -97,6 +126,14 @@ class LTX2(Family):
         prepare_components(pipe, label, spec, dtype, device)
         quantize_components(pipe, spec, quantization, dtype)
         return pipe
+
+    def module_names(self, spec, component, module):
+        names = super().module_names(spec, component, module)
+        for path in list(names):
+            other = original_name(path, self.original_names)
+            if other != path:
+                names.setdefault(other, names[path])
+        return names
 
     # ---- sampling ------------------------------------------------------------------------------------------
     def check_request(self, spec, request):
@@ -161,6 +198,7 @@ class LTX23(LTX2):
     """LTX-2.3 (`LTX23Model`): the bandwidth-extension vocoder and ai-toolkit's explicit guidance values."""
     vocoder_class = "LTX2VocoderWithBWE"
     guidance_values = LTX2_3_GUIDANCE
+    original_names = ORIGINAL_NAMES_2_3
 
 
 VARIANTS = {"2.0": LTX2, "2.3": LTX23}
