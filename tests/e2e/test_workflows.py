@@ -290,7 +290,8 @@ def test_api_twin_renders_through_post_prompt(comfy_server, library, model):
         # the audio track (LTX-2): AAC at the vocoder's rate, as long as the preview's samples (AAC pads its frames);
         # none for models without audio
         audio, track = library.audio(prompt), saved_audio(comfy_server, entry)
-        assert (track is None) == (audio is None), "the video's audio track does not follow the model"
+        assert (track is not None) == (audio is not None) == REGISTRY[model].media.has_audio, \
+            "the video's audio track does not follow the model"
         if audio is not None:
             rate, samples = track
             want = np.asarray(audio.waveform)
