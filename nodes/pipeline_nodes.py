@@ -25,6 +25,7 @@ CATEGORY = "AI Toolkit"
 CONTROL_INPUTS = ("control_image", "control_image_2", "control_image_3")  # CONTRACT.md
 _QUANT_PRESETS = ", ".join(f"{s.id} {s.quant.preset}" for s in REGISTRY.values() if s.quant.preset) or "none"
 VIDEO_INPUTS = ("num_frames", "fps")  # CONTRACT.md
+SILENCE_RATE, SILENCE_CHANNELS = 44100, 1  # the AUDIO output of models that make no audio
 _VIDEO_DEFAULTS = "; ".join(f"{s.id} {s.media.default_frames} frames at {s.media.fps} fps"
                             for s in REGISTRY.values() if s.media.is_video) or "no video model yet"
 
@@ -141,13 +142,17 @@ class AIToolkitSample:
                    "models Save Video writes a playable file.")
     CATEGORY = CATEGORY
     FUNCTION = "sample"
-    RETURN_TYPES = ("IMAGE", "VIDEO")
-    RETURN_NAMES = ("image", "video")
+    RETURN_TYPES = ("IMAGE", "VIDEO", "AUDIO")
+    RETURN_NAMES = ("image", "video", "audio")
     OUTPUT_TOOLTIPS = ("The preview's 8-bit pixels (values k/255), so SaveImage writes exactly ai-toolkit's image; for "
                        "video models the frames as a batch.",
                        "The preview as ComfyUI VIDEO with its fps (and audio where the model makes it), for Save "
                        "Video (H.264, lossy; the exact pixels are the image output). Image models: their images as "
-                       "frames at 1 fps.")
+                       "frames at 1 fps.",
+                       "The preview's audio as ComfyUI AUDIO, sample for sample (LTX-2 / 2.3: stereo at the vocoder's "
+                       "rate, the float samples before ai-toolkit's int16 AAC encoding), for Save Audio (FLAC / WAV) "
+                       "or Preview Audio. Models without audio give silence as long as the video (frames / fps; "
+                       f"{SILENCE_CHANNELS} channel at {SILENCE_RATE} Hz), and their VIDEO has no audio track.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -195,11 +200,14 @@ class AIToolkitSample:
                 "num_frames": ("INT", {"default": 0, "min": 0, "max": engine.MAX_FRAMES, "step": 1,
                                        "tooltip": "Video models: sample num_frames; 0 = the model default ("
                                                   f"{_VIDEO_DEFAULTS}). Snapped as ai-toolkit's pipeline does "
-                                                  "(Wan: 4k+1, e.g. 42 -> 41). A --frames flag overrides it. Image "
+                                                  "(Wan: 4k+1, e.g. 42 -> 41; LTX-2: 8k+1 rounding down, e.g. "
+                                                  "16 -> 9). A --frames flag overrides it. Image "
                                                   "models ignore it."}),
                 "fps": ("INT", {"default": 0, "min": 0, "max": engine.MAX_FPS, "step": 1,
                                 "tooltip": "Video models: sample fps (the video's frame rate; 0 = the model "
-                                           "default). A --fps flag overrides it. Image models ignore it."}),
+                                           "default). A --fps flag overrides it. LTX-2 previews always sample at "
+                                           "24 (ai-toolkit never passes fps to the pipeline): there it sets the "
+                                           "file's frame rate only. Image models ignore it."}),
                 "sampler": (all_sampler_names(), {
                     "default": MATCH_TRAINING,
                     "tooltip": "match training: the sampler ai-toolkit previews this model with (for Wan, the one "
@@ -230,7 +238,9 @@ class AIToolkitSample:
             log.info("[AI Toolkit] %s: %s", spec.id, note)
         show_text(unique_id, list(result.notes))
         image = images_to_comfy(result.frames)
-        return (image, make_video(image, result.fps or 1, audio_to_comfy(result.audio)))
+        audio = audio_to_comfy(result.audio)
+        video = make_video(image, result.fps or 1, audio)
+        return (image, video, audio if audio is not None else silence(len(result.frames), result.fps or 1))
 
 
 def _sampler(spec, sampler):
@@ -260,6 +270,12 @@ def audio_to_comfy(audio):
         return None
     waveform = torch.from_numpy(np.ascontiguousarray(audio.waveform, dtype=np.float32))
     return {"waveform": waveform.unsqueeze(0), "sample_rate": int(audio.sample_rate)}
+
+
+def silence(frames: int, fps: float) -> dict:
+    """The AUDIO of a model without audio: zeros as long as the video (`frames / fps` seconds)."""
+    samples = int(round(frames / float(fps) * SILENCE_RATE))
+    return {"waveform": torch.zeros(1, SILENCE_CHANNELS, samples), "sample_rate": SILENCE_RATE}
 
 
 def _control_tooltip(index: int) -> str:

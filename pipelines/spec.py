@@ -74,29 +74,34 @@ class MediaSpec:
     """What the model renders: "image", "video" or "video+audio".
 
     Video: `default_frames` and `fps` are the UI preset's `sample.num_frames` / `sample.fps`; frame counts are
-    `frame_step * k + 1`, and a count that is not is snapped as ai-toolkit's pipeline snaps it (`snap_frames`)."""
+    `frame_step * k + 1`, and a count that is not is snapped as ai-toolkit's pipeline snaps it (`snap_frames`):
+    `k = (frames - snap_offset) // frame_step`. `snap_offset` 0 is Wan's rounding (`frames // 4 * 4 + 1`, which
+    rounds 8 up to 9), 1 is LTX-2's (`(frames - 1) // 8 * 8 + 1`, always down: 16 -> 9)."""
     kind: str = "image"
     frame_step: int = 0
     default_frames: int = 1
     fps: int = 0
-    snap_down: bool = False  # the model class snaps before its pipeline as `(n - 1) // step * step + 1` (8 -> 5)
+    snap_offset: int = 0
 
     @property
     def is_video(self) -> bool:
         return self.kind.startswith("video")
 
+    @property
+    def has_audio(self) -> bool:
+        return self.kind.endswith("+audio")
+
     def snap_frames(self, frames: int) -> int:
         """The frame count the pipeline renders for a requested one: 1 for image models; else, when
-        `frames % frame_step != 1`, `frames // frame_step * frame_step + 1` (Diffusers' WanPipeline and ai-toolkit's
-        Wan22Pipeline, step 4: 6 -> 5, 7 -> 5, 8 -> 9, 42 -> 41), at least 1; with `snap_down` (a model class that
-        snaps first, as Wan 2.2 5B's `generate_single_image`) `(frames - 1) // frame_step * frame_step + 1` (8 -> 5)."""
+        `frames % frame_step != 1`, `(frames - snap_offset) // frame_step * frame_step + 1`, at least 1. Offset 0:
+        Diffusers' WanPipeline and ai-toolkit's Wan22Pipeline, step 4: 6 -> 5, 7 -> 5, 8 -> 9, 42 -> 41. Offset 1:
+        ai-toolkit's `LTX2Model.generate_single_image`, step 8: 12 -> 9, 16 -> 9, 20 -> 17 (1 stays 1); Wan 2.2 5B's
+        `generate_single_image`, step 4: 8 -> 5."""
         if not self.is_video:
             return 1
         step = self.frame_step
-        if step > 1 and self.snap_down:
-            return max((int(frames) - 1) // step * step + 1, 1)
         if step > 1 and frames % step != 1:
-            frames = frames // step * step + 1
+            frames = (frames - self.snap_offset) // step * step + 1
         return max(int(frames), 1)
 
 

@@ -24,7 +24,7 @@ def test_contract_inputs_with_tooltips(models_dir):
         for field, (_, options) in fields.items():
             assert options.get("tooltip"), f"{name}.{field} has no tooltip"
         assert callable(getattr(cls(), cls.FUNCTION)) and cls.CATEGORY and cls.DESCRIPTION
-    assert pack.NODE_CLASS_MAPPINGS["AIToolkitSample"].RETURN_TYPES == ("IMAGE", "VIDEO")  # the IMAGE first
+    assert pack.NODE_CLASS_MAPPINGS["AIToolkitSample"].RETURN_TYPES == ("IMAGE", "VIDEO", "AUDIO")  # IMAGE first
     assert pack.WEB_DIRECTORY == "./web"
 
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from tests.fixtures import tiny_wan
 
-from aitk_pack.nodes import comfy_bridge
+from aitk_pack.nodes import comfy_bridge, pipeline_nodes
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.families import get_family
 from aitk_pack.pipelines.preview import latent_to_image
@@ -41,10 +41,14 @@ def test_video_model_gives_frames_and_a_video(nodes, wan_models, caplog):
                           quantization="none")
     handle = apply.apply(pipeline=handle, lora_name="wan_old.safetensors", strength=1.0)["result"][0]
     with caplog.at_level(logging.INFO, logger="aitk_inference"):
-        image, video = sample.sample(pipeline=handle, prompt="a fox", num_frames=6, fps=12, **SMALL)
+        image, video, audio = sample.sample(pipeline=handle, prompt="a fox", num_frames=6, fps=12, **SMALL)
     assert image.shape == (5, 64, 64, 3) and image.dtype == torch.float32  # 6 frames snapped to 5
     parts = video.get_components()
     assert parts.frame_rate == Fraction(12) and parts.audio is None and video.get_dimensions() == (64, 64)
+    # no audio model: the AUDIO output is silence as long as the video (5 frames at 12 fps), the VIDEO has none
+    rate = pipeline_nodes.SILENCE_RATE
+    assert audio["sample_rate"] == rate and audio["waveform"].shape == (1, 1, round(5 / 12 * rate))
+    assert audio["waveform"].dtype == torch.float32 and not audio["waveform"].any()
     assert torch.equal(parts.images, image)
     request = engine.build_request(handle.spec, "a fox", num_frames=6, fps=12, **SMALL)
     want = engine.render(handle, request).frames
@@ -56,11 +60,12 @@ def test_image_model_ignores_frames_and_gives_a_one_frame_video(nodes, caplog):
     load, _, sample = nodes
     (handle,) = load.load(model="sd15", base="tiny-sd15", dtype="fp32", device="cpu")
     with caplog.at_level(logging.WARNING, logger="aitk_inference"):
-        image, video = sample.sample(pipeline=handle, prompt="a cat", num_frames=9, fps=24, **SMALL)
+        image, video, audio = sample.sample(pipeline=handle, prompt="a cat", num_frames=9, fps=24, **SMALL)
     assert image.shape == (1, 64, 64, 3)
+    assert audio["waveform"].shape == (1, 1, pipeline_nodes.SILENCE_RATE)  # one image at 1 fps: one second
     assert video.get_components().frame_rate == 1 and torch.equal(video.get_components().images, image)
     assert any("num_frames 9 is ignored" in r.getMessage() for r in caplog.records)
-    (plain, _) = sample.sample(pipeline=handle, prompt="a cat", **SMALL)
+    (plain, _, _) = sample.sample(pipeline=handle, prompt="a cat", **SMALL)
     assert torch.equal(plain, image)
 
 
@@ -100,6 +105,9 @@ def test_live_preview_shows_the_middle_latent_frame():
 
 
 def test_frames_snap_per_model():
-    wan, sd = get_spec("wan21_1b").media, get_spec("sd15").media
+    wan, sd, ltx = get_spec("wan21_1b").media, get_spec("sd15").media, get_spec("ltx2").media
     assert [wan.snap_frames(n) for n in (1, 2, 4, 5, 6, 7, 8, 41, 42)] == [1, 1, 5, 5, 5, 5, 9, 41, 41]
     assert [sd.snap_frames(n) for n in (1, 5, 41)] == [1, 1, 1]
+    # LTX-2: ((n-1)//8)*8+1 when (n-1) % 8 (ai-toolkit's generate_single_image): always down, 1 stays 1
+    assert [ltx.snap_frames(n) for n in (1, 2, 8, 9, 12, 16, 17, 20, 121, 128)] == [1, 1, 1, 9, 9, 9, 17, 17, 121,
+                                                                                   121]

@@ -229,7 +229,7 @@ def node_render(nodes, model, dtype, lora, prompt, **inputs):
         report = handle.loras[-1].bound.report
         assert report.not_applied_keys == 0 and not report.warnings(), report.summary()
         NODE_REPORTS[lora] = report.summary()
-    (image,) = sample.sample(pipeline=handle, prompt=prompt, trigger_word=TRIGGER, **inputs)
+    image = sample.sample(pipeline=handle, prompt=prompt, trigger_word=TRIGGER, **inputs)[0]  # IMAGE first
     return np.rint(image[0].numpy() * 255).astype(np.uint8)
 
 

@@ -38,7 +38,7 @@ SPECS = (
         id="wan22_5b", label="Wan 2.2 TI2V 5B", family="wan", variant="ti2v5b", base_repo="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
         pipeline_class="WanPipeline", defaults=SampleDefaults(steps=30, guidance_scale=4.0, width=768, height=768),
         scheduler=WAN22_5B_SCHEDULER, lora=WAN_LORA, size=WAN22_5B_SIZE, guidance=GuidanceSpec("cfg"),
-        media=MediaSpec("video", frame_step=4, default_frames=121, fps=24, snap_down=True),
+        media=MediaSpec("video", frame_step=4, default_frames=121, fps=24, snap_offset=1),
         controls=(ControlSlot("control_image", False, FIRST_FRAME),),
         quant=QuantSpec(preset="qfloat8", components=("transformer", "text_encoder"),
                         rules=MappingProxyType({"transformer": _RULE})),

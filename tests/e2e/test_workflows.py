@@ -44,8 +44,8 @@ from PIL import Image
 from workflow_support import (  # noqa: F401  (fixtures: e2e_models, comfy_server*, browser, library)
     CONTRACT_INPUTS, DOCS, FULL_RUN_TIMEOUT, FULL_SIZE, NEW_THUMBS, QUICK, SMALL, TRIGGER, TRUNCATED, UI_SIZE_STEPS,
     UPDATE_DOCS, WORKFLOWS, WRONG_FAMILY, assert_same_pixels, assert_success, browser, cached_nodes, comfy_extra_args,
-    comfy_server, comfy_server_env, e2e_models, example_workflows, find, fresh_seed, library, load_json, saved_image,
-    saved_video, small_prompt, small_twin, touch, twin_path, ui_nodes, workflow_model, workflow_path)
+    comfy_server, comfy_server_env, e2e_models, example_workflows, find, fresh_seed, library, load_json, saved_audio,
+    saved_image, saved_video, small_prompt, small_twin, touch, twin_path, ui_nodes, workflow_model, workflow_path)
 
 from aitk_pack.nodes.pipeline_nodes import CONTROL_INPUTS
 from aitk_pack.pipelines import engine
@@ -69,7 +69,7 @@ def test_object_info_has_the_contract_inputs(comfy_server, e2e_models):
         assert info[cls]["display_name"] != cls, f"{cls} has no display name"
     load, lora, sample, options = (info[c] for c in CONTRACT_INPUTS)
     assert load["output"] == lora["output"] == options["output"] == ["AITK_PIPELINE"]
-    assert sample["output"] == ["IMAGE", "VIDEO"]
+    assert sample["output"] == ["IMAGE", "VIDEO", "AUDIO"]
     assert (lora["input"]["required"]["pipeline"][0] == sample["input"]["required"]["pipeline"][0]
             == options["input"]["required"]["pipeline"][0] == "AITK_PIPELINE")
 
@@ -283,8 +283,26 @@ def test_api_twin_renders_through_post_prompt(comfy_server, library, model):
     if any(node["class_type"] == "SaveVideo" for node in prompt.values()):
         video, fps = saved_video(comfy_server, entry)
         assert video.shape == saved.shape and fps == REGISTRY[model].media.fps, (video.shape, fps)
-        # h264 is lossy: the video shows the frames, not their exact values
-        assert np.abs(video.astype(int) - saved.astype(int)).mean() < 12, "the video does not show the frames"
+        # h264 (yuv420p) is lossy: the video shows the frames, not their exact values. The tiny models' frames are
+        # near pixel noise (LTX-2's tiny VAE: 4x4 patches of unrelated values), which h264 smooths away (29 levels
+        # mean per pixel there), so compare 8x8 block means (2 levels there; another frame: 5.5)
+        assert np.abs(_blocks(video) - _blocks(saved)).mean() < 4, "the video does not show the frames"
+        # the audio track (LTX-2): AAC at the vocoder's rate, as long as the preview's samples (AAC pads its frames);
+        # none for models without audio
+        audio, track = library.audio(prompt), saved_audio(comfy_server, entry)
+        assert (track is not None) == (audio is not None) == REGISTRY[model].media.has_audio, \
+            "the video's audio track does not follow the model"
+        if audio is not None:
+            rate, samples = track
+            want = np.asarray(audio.waveform)
+            assert rate == audio.sample_rate and samples.shape[0] == want.shape[0], (rate, samples.shape)
+            assert abs(samples.shape[1] - want.shape[1]) <= 2048, (samples.shape, want.shape)
+            assert np.abs(samples).max() > 0, "the audio track is silent"
+
+
+def _blocks(frames: np.ndarray, size: int = 8) -> np.ndarray:
+    t, h, w, c = frames.shape
+    return frames.astype(float).reshape(t, h // size, size, w // size, size, c).mean(axis=(2, 4))
 
 
 # --- errors ---------------------------------------------------------------------------------------------------------

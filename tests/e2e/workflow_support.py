@@ -267,6 +267,7 @@ class Library:
         self.roots = ModelRoots(loras=(str(loras),))
         self.inputs = inputs
         self.images: dict[str, np.ndarray] = {}
+        self.audios: dict = {}
         self.seconds: dict[str, float] = {}
 
     @staticmethod
@@ -311,10 +312,18 @@ class Library:
             images = tuple(read_like_load_image(self.inputs / controls[slot.name]) if slot.name in controls else None
                            for slot in handle.spec.controls)
             values = {k: sample[k] for k in SAMPLE_VALUES if k in sample}
-            frames = engine.generate(handle, sample["prompt"], **values, controls=images, **options)
+            request = engine.build_request(handle.spec, sample["prompt"], **values, controls=images)
+            out = engine.render(handle, request, **options)
             self.seconds[key] = time.perf_counter() - t0
-            self.images[key] = frames
+            self.images[key], self.audios[key] = out.frames, out.audio
         return self.images[key]
+
+    def audio(self, prompt: dict):
+        """The render's `request.Audio` (None for a model without audio), after `image(prompt)`."""
+        self.image(prompt)
+        load, loras, sample, controls = self.settings(prompt)
+        values = {k: v for k, v in sample.items() if k not in CONTROL_INPUTS and k != "pipeline"}
+        return self.audios[json.dumps([load, loras, values, controls], sort_keys=True)]
 
 
 def _release_bases():
@@ -361,6 +370,24 @@ def saved_video(server: ComfyServer, entry: dict) -> tuple[np.ndarray, float]:
         stream = container.streams.video[0]
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
         return frames, float(stream.average_rate)
+
+
+def saved_audio(server: ComfyServer, entry: dict):
+    """The audio track of the file the prompt's SaveVideo wrote, decoded with PyAV: (sample rate, float samples
+    [channels, S]), or None when the file has no audio stream."""
+    import av
+
+    node = find(entry["prompt"][2], "SaveVideo")
+    [path] = server.output_paths({"outputs": {node: entry["outputs"][node]}})
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        chunks = [f.to_ndarray() for f in container.decode(stream)]
+        rate = stream.codec_context.sample_rate
+    planar = [c if c.ndim == 2 and c.shape[0] <= 2 else c.reshape(-1, stream.codec_context.channels).T
+              for c in chunks]
+    return rate, np.concatenate(planar, axis=1).astype(np.float32)
 
 
 def assert_success(entry: dict):
