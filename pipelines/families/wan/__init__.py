@@ -157,4 +157,6 @@ class Wan21(Family):
         return Render(frames=video[0], fps=float(request.fps), notes=tuple(notes))
 
 
-VARIANTS = {"": Wan21}
+from .wan22 import Wan22I2V, Wan22T2V  # noqa: E402 (wan22.py builds on Wan21 above)
+
+VARIANTS = {"": Wan21, "wan22_t2v": Wan22T2V, "wan22_i2v": Wan22I2V}
