@@ -12,6 +12,8 @@ import torch
 
 from ..pipelines import engine
 from ..pipelines.errors import InputError
+from ..pipelines.families.base import EXPERTS
+from ..pipelines.lora.files import pair_siblings
 from ..pipelines.registry import REGISTRY, model_ids
 from ..pipelines.samplers import MATCH_TRAINING, all_sampler_names, sampler_names
 from ..pipelines.spec import ControlSlot
@@ -118,6 +120,15 @@ class ApplyAIToolkitLoRA:
             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
                                    "tooltip": "ai-toolkit's network_multiplier (1.0 = as trained). A --m flag in "
                                               "the prompt overrides it, as in ai-toolkit."}),
+        }, "optional": {
+            "expert": (list(EXPERTS), {"default": "auto",
+                                       "tooltip": "Models with a high/low-noise expert pair (Wan 2.2 14B). auto: "
+                                                  "a …_high_noise / …_low_noise file goes to its expert and brings "
+                                                  "the other file of the pair from the same folder, as ai-toolkit "
+                                                  "loads it (a combined file is split between the experts). "
+                                                  "high / low: only this file, only that expert (chain one node "
+                                                  "per file for separate strengths). both: this file on both "
+                                                  "experts. Other models take only auto."}),
         }}
 
     @classmethod
@@ -125,15 +136,21 @@ class ApplyAIToolkitLoRA:
         path = model_roots().resolve("loras", lora_name)
         if not path:
             return lora_name
-        st = os.stat(path)
-        return f"{lora_name}:{st.st_mtime_ns}:{st.st_size}"
+        stamps = []
+        for file in (path, *pair_siblings(path)):  # an expert pair's other file is read too (expert auto)
+            try:
+                st = os.stat(file)
+                stamps.append(f"{os.path.basename(file)}:{st.st_mtime_ns}:{st.st_size}")
+            except OSError:
+                stamps.append(f"{os.path.basename(file)}:absent")
+        return "|".join([lora_name] + stamps)
 
-    def apply(self, pipeline, lora_name, strength=1.0):
+    def apply(self, pipeline, lora_name, strength=1.0, expert="auto"):
         _check_handle(pipeline)
-        handle = engine.apply_lora(pipeline, lora_name, strength, roots=model_roots())
-        report = handle.loras[-1].bound.report
-        log.info("[AI Toolkit] %s", report.summary())
-        return {"ui": {"text": [report.summary()]}, "result": (handle,)}
+        handle = engine.apply_lora(pipeline, lora_name, strength, roots=model_roots(), expert=expert)
+        text = "\n".join(link.summary() for link in handle.added_since(pipeline))
+        log.info("[AI Toolkit] %s", text)
+        return {"ui": {"text": [text]}, "result": (handle,)}
 
 
 class AIToolkitSample:

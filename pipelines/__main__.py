@@ -65,11 +65,12 @@ def _generate(args) -> int:
                   quantization=args.quantization)
     for item in args.lora:
         name, strength = _lora_arg(item)
+        before = handle
         if os.path.isfile(name):
             handle = handle.with_lora(os.path.abspath(name), strength)
         else:
             handle = apply_lora(handle, name, strength, roots=roots)
-        print(handle.loras[-1].bound.report.summary())
+        print("\n".join(link.summary() for link in handle.added_since(before)))  # an expert pair adds two
     t1 = time.perf_counter()
     pixels = generate(handle, args.prompt, negative_prompt=args.negative, trigger_word=args.trigger or None,
                       width=args.width, height=args.height, seed=args.seed, steps=args.steps,

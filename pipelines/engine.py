@@ -20,6 +20,7 @@ import torch
 from .cache import CACHE, LoadedBase
 from .errors import InputError, LoraError, QuantizationError, RenderError
 from .families import get_family
+from .families.base import EXPERTS
 from .lora import BoundLora, bind_lora
 from .lora.merge import MODES as LORA_MODES
 from .prompts import prepare
@@ -95,6 +96,15 @@ NO_QUANTIZATION = "none"
 class LoraLink:
     bound: BoundLora
     strength: float
+    expert: str = ""     # where the family's `lora_plan` sent it (e.g. "high-noise expert (transformer)")
+    notes: tuple = ()    # the plan's notes (e.g. a missing file of an expert pair), on the first link it made
+
+    def summary(self) -> str:
+        """The report's text for this link: the file, what applied (and where), then the plan's notes."""
+        lines = self.bound.report.summary().split("\n")
+        if self.expert:
+            lines[0] += f" -> {self.expert}"
+        return "\n".join(lines + ["  note: " + n for n in self.notes])
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,26 +118,40 @@ class PipelineHandle:
     def spec(self):
         return self.base.spec
 
-    def with_lora(self, path: str, strength: float = 1.0) -> "PipelineHandle":
+    def with_lora(self, path: str, strength: float = 1.0, expert: str = "auto") -> "PipelineHandle":
         """A new handle with one more LoRA. The file is read and matched now, so errors surface here.
+
+        `expert` (`families.base.EXPERTS`) is for models with an expert pair: the family's `lora_plan` says which
+        files this binds and where (auto: as ai-toolkit's loader, e.g. a Wan 2.2 `_high_noise` file brings its
+        `_low_noise` sibling); each becomes a link at `strength`. A model without experts refuses other choices.
 
         With quantization "match training", the first LoRA whose training run left its `config.yaml` beside it
         decides the base's quantization (ai-toolkit's metadata does not record it): a base quantized otherwise is
         swapped for the matching one, and the report says so."""
         strength = check_number("LoRA strength", strength, -MAX_STRENGTH, MAX_STRENGTH,
                                 " 1.0 renders the LoRA as trained.")
+        if expert not in EXPERTS:
+            raise InputError(f"Unknown expert {expert!r}; choose one of: {', '.join(EXPERTS)}.")
         base, chain = _live(self)
+        plan = base.family.lora_plan(base.spec, path, expert)
         note = None
         if self.quantization == MATCH_TRAINING and not chain:
             base, note = _match_training_quantization(base, path)
-        links = tuple(LoraLink(bound, s) for bound, s in chain)
-        bound = bind(base, path)
-        if note and note not in bound.report.notes:
-            bound.report.notes.append(note)
-        return replace(self, base=base, loras=links + (LoraLink(bound, strength),))
+        links = self.loras  # bound LoRAs hold their own tensors: they apply to a reloaded base as they are
+        added = []
+        for part in plan.parts:
+            bound = bind(base, part.path, part.role)
+            if note and note not in bound.report.notes:
+                bound.report.notes.append(note)
+            added.append(LoraLink(bound, strength, part.label, tuple(plan.notes) if not added else ()))
+        return replace(self, base=base, loras=links + tuple(added))
 
     def reports(self) -> list:
         return [link.bound.report for link in self.loras]
+
+    def added_since(self, earlier: "PipelineHandle") -> tuple:
+        """The links this handle has beyond `earlier`'s chain (what one `with_lora` added)."""
+        return self.loras[len(earlier.loras):]
 
     def with_options(self, roots: ModelRoots | None = None, **values) -> "PipelineHandle":
         """A new handle with family options overridden (e.g. FLUX.1's `attn_masking`); unknown names are refused.
@@ -173,25 +197,27 @@ def _match_training_quantization(base: LoadedBase, lora_path: str):
                      f"as {where} says")
 
 
-def bind(base: LoadedBase, path: str) -> BoundLora:
-    """The file bound to `base`, read once per (file, mtime, size). When the file changed on disk since it was last
-    bound here, it is read again and the report says so; handles bound earlier keep the content they read."""
+def bind(base: LoadedBase, path: str, role: str | None = None) -> BoundLora:
+    """The file bound to `base` for `role` (a `LoraPart.role`: e.g. which expert), read once per (file, mtime,
+    size, role). When the file changed on disk since it was last bound here, it is read again and the report says
+    so; handles bound earlier keep the content they read."""
     try:
         st = os.stat(path)
     except OSError as exc:
         raise LoraError(f"LoRA file {os.path.basename(path)} cannot be read ({exc.strerror or exc}).") from None
     real = os.path.realpath(path)
-    key = (real, st.st_mtime_ns, st.st_size)
+    read = (real, st.st_mtime_ns, st.st_size)
+    key = read + ((role,) if role is not None else ())
     with base.lock:
         bound = base.bound.get(key)
         if bound is None:
-            bound = bind_lora(path, base.spec, base.patcher.components)
+            bound = bind_lora(path, base.spec, base.patcher.components, role=role)
             earlier = _LAST_READ.get(real)
-            if earlier is not None and earlier != key:
+            if earlier is not None and earlier != read:
                 bound.report.notes.append("the file changed on disk since it was last applied: this is the new "
                                           "content (graphs that applied the old file keep rendering the old one)")
             base.bound[key] = bound
-            _LAST_READ[real] = key
+            _LAST_READ[real] = read
         return bound
 
 
@@ -232,8 +258,8 @@ def load(model: str, base: str = "default", dtype: str = "auto", device: str = "
 
 
 def apply_lora(handle: PipelineHandle, name: str, strength: float = 1.0,
-               roots: ModelRoots | None = None) -> PipelineHandle:
-    return handle.with_lora(resolve_lora(name, roots or ModelRoots.from_env()), strength)
+               roots: ModelRoots | None = None, expert: str = "auto") -> PipelineHandle:
+    return handle.with_lora(resolve_lora(name, roots or ModelRoots.from_env()), strength, expert)
 
 
 def _default_if_negative(value, default):

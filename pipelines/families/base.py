@@ -7,9 +7,31 @@ which family it holds.
 """
 from __future__ import annotations
 
-from ..errors import ControlImageError
+from dataclasses import dataclass
+
+from ..errors import ControlImageError, LoraError
 from ..lora.aliases import Alias, prefixed_index
 from ..samplers import MATCH_TRAINING, make_scheduler
+
+#: ApplyAIToolkitLoRA's `expert` choices (CONTRACT.md): which expert of a multi-transformer model a file goes to
+EXPERTS = ("auto", "high", "low", "both")
+
+
+@dataclass(frozen=True)
+class LoraPart:
+    """One file bound for one LoRA application: `role` picks the family's name index (`Family.lora_index`; None:
+    the family's plain one), `label` says where it goes in the report ("" when there is nothing to say)."""
+    path: str
+    role: str | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class LoraPlan:
+    """What one ApplyAIToolkitLoRA does: the parts it binds (in chain order, all at the node's strength) and the
+    notes its report shows (e.g. the missing file of an expert pair)."""
+    parts: tuple
+    notes: tuple = ()
 
 
 class Family:
@@ -35,10 +57,20 @@ class Family:
 
         return {path: (Alias(component, path),) for path in weighted_paths(module)}
 
-    def lora_index(self, spec, components: dict) -> dict[str, tuple[Alias, ...]]:
-        """Full file module name (with kohya or peft prefix) → the targets it patches."""
+    def lora_index(self, spec, components: dict, role: str | None = None) -> dict[str, tuple[Alias, ...]]:
+        """Full file module name (with kohya or peft prefix) → the targets it patches. `role`: a `LoraPart.role`
+        of this family's `lora_plan` (None for the plain index)."""
         names = {comp: self.module_names(spec, comp, module) for comp, module in components.items()}
         return prefixed_index(names, spec.lora)
+
+    def lora_plan(self, spec, path: str, expert: str = "auto") -> LoraPlan:
+        """Which files one LoRA application binds, and to what (`LoraPart.role`), for the node's `expert` choice.
+        Default (one transformer, no expert pair): the file itself with the plain index; any other choice than
+        "auto" is refused, since there is no expert to choose (a multi-expert family overrides this)."""
+        if expert != "auto":
+            raise LoraError(f"expert {expert!r} was chosen, but {spec.label} has a single transformer, not a "
+                            "high/low-noise expert pair: set expert to auto.")
+        return LoraPlan((LoraPart(path),))
 
     def lora_stack(self, base, request, stack) -> list:
         """What the patcher applies for this request: the handle's chain `[(BoundLora, multiplier)]`, plus any LoRA

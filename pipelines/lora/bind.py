@@ -203,10 +203,11 @@ def _rows_cover(aliases, mod) -> bool:
     return sum(len(range(*r.indices(shape[0]))) for r in split) == shape[0]
 
 
-def bind_lora(path: str, spec, components: dict, index: dict | None = None) -> BoundLora:
+def bind_lora(path: str, spec, components: dict, index: dict | None = None, role: str | None = None) -> BoundLora:
     """Read `path` and match it against the live `components` of a `spec` pipeline. Touches no weights.
 
-    `index` (file module name → aliases) defaults to the family's (`Family.lora_index`)."""
+    `index` (file module name → aliases) defaults to the family's (`Family.lora_index` for `role`: where a
+    multi-expert family's `lora_plan` sends this file)."""
     name = os.path.basename(path)
     snapshot = read_lora(path)  # one read: header, metadata and tensors agree, in memory of their own
     info = info_from(name, snapshot.entries, snapshot.metadata)
@@ -221,7 +222,7 @@ def bind_lora(path: str, spec, components: dict, index: dict | None = None) -> B
     if index is None:
         from ..families import get_family
 
-        index = get_family(spec).lora_index(spec, components)
+        index = get_family(spec).lora_index(spec, components, role)
     report = MatchReport(file=name, total_keys=len(tensors), leftovers=list(parsed.leftovers))
     targets = []
     for mod_name, mod in parsed.modules.items():

@@ -207,3 +207,26 @@ def lora_info(path: str) -> LoraInfo:
     """What a LoRA file says about itself, from its header only."""
     header, meta = read_header(path)
     return info_from(os.path.basename(path), header, meta)
+
+
+# ai-toolkit's multistage models (Wan 2.2 14B) save one file per expert: `<name>_high_noise.safetensors` and
+# `<name>_low_noise.safetensors` (`Wan2214bModel.save_lora`); its `load_lora` given either one loads both.
+PAIR_STAGES = {"_high_noise": "high", "_low_noise": "low"}
+
+
+def pair_stage(path: str) -> tuple[str | None, str | None]:
+    """(stage, sibling path) of one file of an expert pair — stage "high" or "low" by the name, the sibling the
+    pair's other file in the same folder (it may not exist) — or (None, None) for any other name."""
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    for suffix, stage in PAIR_STAGES.items():
+        if stem.endswith(suffix):
+            other = next(s for s in PAIR_STAGES if s != suffix)
+            return stage, os.path.join(folder, stem[: -len(suffix)] + other + ext)
+    return None, None
+
+
+def pair_siblings(path: str) -> tuple[str, ...]:
+    """The other file of `path`'s expert pair (whether it exists or not), or () when the name is not a pair's."""
+    _, sibling = pair_stage(path)
+    return (sibling,) if sibling else ()

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 from aitk_pack.nodes.pipeline_nodes import CONTROL_INPUTS, LORA_MODES, comfy_to_pil
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
+from aitk_pack.pipelines.lora.files import pair_siblings
 from aitk_pack.pipelines.registry import REGISTRY, model_ids
 from aitk_pack.pipelines.sources import ModelRoots
 from tests.fixtures.fake_hub import fake_hub_repo
@@ -48,7 +49,7 @@ UI_SETTINGS = {"Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
                "Comfy.NodeBadge.NodeSourceBadgeMode": "None"}
 CONTRACT_INPUTS = {
     "LoadAIToolkitPipeline": (["model", "base", "dtype", "device"], ["quantization"]),
-    "ApplyAIToolkitLoRA": (["pipeline", "lora_name", "strength"], []),
+    "ApplyAIToolkitLoRA": (["pipeline", "lora_name", "strength"], ["expert"]),
     "AIToolkitSample": (["pipeline", "prompt", "negative_prompt", "trigger_word", "width", "height", "seed", "steps",
                          "guidance_scale"], ["guidance_rescale", *CONTROL_INPUTS, "lora_mode", "num_frames", "fps",
                                             "sampler"]),
@@ -195,6 +196,9 @@ def e2e_models(tmp_path_factory):
             pipes[model] = pipe
     for name, model in used.items():
         _save_lora(loras / name, TINY[model].lora(pipes[model], trigger=TRIGGER, name=Path(name).stem))
+        for sibling in map(Path, pair_siblings(str(loras / name))):  # an expert pair's other file (expert auto)
+            if sibling.name not in used:
+                _save_lora(sibling, TINY[model].lora(pipes[model], trigger=TRIGGER, name=sibling.stem))
     _save_lora(loras / WRONG_FAMILY, TINY["sd15"].lora(pipes["sd15"], seed=3, trigger=TRIGGER,
                                                        name=Path(WRONG_FAMILY).stem))
     del pipes
@@ -272,12 +276,12 @@ class Library:
 
     @staticmethod
     def settings(prompt: dict) -> tuple[dict, list, dict, dict]:
-        """(loader inputs, [(lora, strength)], sampler inputs, {control input: LoadImage file name})."""
+        """(loader inputs, [(lora, strength, expert)], sampler inputs, {control input: LoadImage file name})."""
         sample = prompt[find(prompt, "AIToolkitSample")]["inputs"]
         loras, link = [], sample["pipeline"]
         while prompt[link[0]]["class_type"] == "ApplyAIToolkitLoRA":
             inputs = prompt[link[0]]["inputs"]
-            loras.insert(0, (inputs["lora_name"], inputs["strength"]))
+            loras.insert(0, (inputs["lora_name"], inputs["strength"], inputs.get("expert", "auto")))
             link = inputs["pipeline"]
         load = prompt[link[0]]
         assert load["class_type"] == "LoadAIToolkitPipeline", f"the library reference does not know {load}"
@@ -305,8 +309,8 @@ class Library:
             t0 = time.perf_counter()
             handle = engine.load(load["model"], base=load["base"], dtype=load["dtype"], device=load["device"],
                                  roots=self.roots, quantization=load.get("quantization", engine.MATCH_TRAINING))
-            for name, strength in loras:
-                handle = engine.apply_lora(handle, name, strength, roots=self.roots)
+            for name, strength, expert in loras:
+                handle = engine.apply_lora(handle, name, strength, roots=self.roots, expert=expert)
             # in the spec's slot order, as AIToolkitSample passes them (an image the model has no slot for is
             # ignored, as the node ignores it)
             images = tuple(read_like_load_image(self.inputs / controls[slot.name]) if slot.name in controls else None

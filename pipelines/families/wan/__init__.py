@@ -179,5 +179,6 @@ class Wan21(Family):
 
 from .i2v21 import Wan21I2V  # noqa: E402  (at the bottom: they subclass Wan21)
 from .ti2v5b import Wan225b  # noqa: E402
+from .wan22 import Wan22I2V, Wan22T2V  # noqa: E402
 
-VARIANTS = {"": Wan21, "i2v21": Wan21I2V, "ti2v5b": Wan225b}
+VARIANTS = {"": Wan21, "i2v21": Wan21I2V, "ti2v5b": Wan225b, "wan22_t2v": Wan22T2V, "wan22_i2v": Wan22I2V}
