@@ -34,13 +34,15 @@ UNIPC_CONFIG = dict(ref21.UNIPC_CONFIG, _diffusers_version="0.35.0.dev0", time_s
                     use_dynamic_shifting=False)
 
 
-def load_parts(folder: str, dtype) -> dict:
+def load_parts(folder: str, dtype, vae_folder: str | None = None) -> dict:
+    """The parts as `Wan2214bModel` loads them; `vae_folder`: the root of `ai-toolkit/wan2.1-vae`
+    (`_wan_vae_path`, where ai-toolkit always reads the VAE from; default: the folder's own `vae/`)."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    from transformers import UMT5EncoderModel
 
-    parts = dict(tokenizer=AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer")),
+    parts = dict(tokenizer=ref21.patched_t5_tokenizer(os.path.join(folder, "tokenizer")),
                  text_encoder=UMT5EncoderModel.from_pretrained(os.path.join(folder, "text_encoder")),
-                 vae=AutoencoderKLWan.from_pretrained(os.path.join(folder, "vae")),
+                 vae=AutoencoderKLWan.from_pretrained(vae_folder or os.path.join(folder, "vae")),
                  transformer=WanTransformer3DModel.from_pretrained(os.path.join(folder, "transformer")),
                  transformer_2=WanTransformer3DModel.from_pretrained(os.path.join(folder, "transformer_2")))
     for name in ("text_encoder", "vae", "transformer", "transformer_2"):
@@ -107,8 +109,9 @@ def first_frame_conditioning(parts, image, noise, width, height, dtype) -> torch
 
 def preview(parts: dict, prompt: str, negative: str, seed: int, steps: int, guidance: float, width: int,
             height: int, frames: int, dtype, sampler: str = "flowmatch", image=None,
-            boundary: float = BOUNDARY) -> np.ndarray:
-    """uint8 frames [F, H, W, 3] as ai-toolkit's Wan 2.2 A14B preview (`image`: the I2V control image)."""
+            boundary: float = BOUNDARY, tiled: bool = True) -> np.ndarray:
+    """uint8 frames [F, H, W, 3] as ai-toolkit's Wan 2.2 A14B preview (`image`: the I2V control image; `tiled`:
+    `generate_single_image`'s `vae.enable_tiling()` under the presets' `low_vram`)."""
     if frames % 4 != 1:
         frames = frames // 4 * 4 + 1
     frames = max(frames, 1)
@@ -144,6 +147,9 @@ def preview(parts: dict, prompt: str, negative: str, seed: int, steps: int, guid
         z = latents.to(vae.dtype)
         mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1).to(z.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1).to(z.dtype)
+        if tiled:
+            vae.enable_tiling()
         video = vae.decode(z / inv_std + mean, return_dict=False)[0]
+        vae.disable_tiling()
         frames_f = (video[0].permute(1, 0, 2, 3) * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
     return (frames_f * 255).round().astype(np.uint8)

@@ -19,12 +19,13 @@ from safetensors.torch import load_file, save_file
 
 from tests import reference_wan22 as ref
 from tests.fixtures import tiny_wan, tiny_wan22
+from tests.fixtures.fake_hub import fake_hub_repo
 from tests.fixtures.pixels import levels, same
 
 from aitk_pack.nodes.pipeline_nodes import ApplyAIToolkitLoRA
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
-from aitk_pack.pipelines.errors import ControlImageError, InputError, LoraError
+from aitk_pack.pipelines.errors import ControlImageError, InputError, LoraError, ModelSourceError
 from aitk_pack.pipelines.families import get_family
 from aitk_pack.pipelines.families.base import EXPERTS
 from aitk_pack.pipelines.registry import get_spec
@@ -47,6 +48,8 @@ def models(tmp_path_factory):
     for sub in ("diffusers", "checkpoints", "loras"):
         (root / sub).mkdir()
     pipes = {m: tiny_wan22.save(m, str(root / "diffusers" / f"tiny-{m}")) for m in tiny_wan22.MODEL_IDS}
+    # ai-toolkit's Wan 2.2 14B reads the VAE from ai-toolkit/wan2.1-vae, whatever the base (one VAE for both ids)
+    fake_hub_repo(str(root / "hub"), tiny_wan22.VAE_REPO, {".": str(root / "diffusers" / f"tiny-{T2V}" / "vae")})
     loras = root / "loras"
     files = tiny_wan22.wan22_loras(pipes[T2V], seed=31, trigger_word="ohwx")
     save_file(files["high"][0], str(loras / HIGH), metadata=files["high"][1])
@@ -71,10 +74,16 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def roots(models):
     bases, CACHE.max_bases = CACHE.max_bases, 8
+    hub = os.environ.get("HF_HUB_CACHE")
+    os.environ["HF_HUB_CACHE"] = str(models / "hub")
     yield ModelRoots(diffusers=(str(models / "diffusers"),), checkpoints=(str(models / "checkpoints"),),
                      loras=(str(models / "loras"),))
     CACHE.max_bases = bases
     CACHE.release()
+    if hub is None:
+        os.environ.pop("HF_HUB_CACHE", None)
+    else:
+        os.environ["HF_HUB_CACHE"] = hub
 
 
 @pytest.fixture(scope="module")
@@ -106,11 +115,11 @@ def render(roots, dtype, loras=(), model=T2V, quantization="none", sampler=None,
 
 
 def reference(models, dtype, merges=(), model=T2V, quantized=False, sampler="flowmatch", image=None,
-              boundary=ref.BOUNDARY, **values):
+              boundary=ref.BOUNDARY, vae_folder=None, tiled=True, **values):
     """`merges`: (file, strength, expert component) applied as ai-toolkit does (merged, or as fp32 branches over
     the quantized experts)."""
     v = dict(SMALL, **values)
-    parts = ref.load_parts(str(models / "diffusers" / f"tiny-{model}"), DTYPES[dtype])
+    parts = ref.load_parts(str(models / "diffusers" / f"tiny-{model}"), DTYPES[dtype], vae_folder)
     if quantized:
         ref.quantize(parts, DTYPES[dtype])
     for name, strength, expert in merges:
@@ -125,7 +134,8 @@ def reference(models, dtype, merges=(), model=T2V, quantized=False, sampler="flo
         else:
             assert ref.merge(parts, sd, strength, expert) == 20
     return ref.preview(parts, PROMPT, NEGATIVE, v["seed"], v["steps"], v["guidance_scale"], v["width"],
-                       v["height"], v["num_frames"], DTYPES[dtype], sampler=sampler, image=image, boundary=boundary)
+                       v["height"], v["num_frames"], DTYPES[dtype], sampler=sampler, image=image, boundary=boundary,
+                       tiled=tiled)
 
 
 PAIR = ((HIGH, "transformer"), (LOW, "transformer_2"))
@@ -328,3 +338,37 @@ def test_node_expert_input_and_report(models, roots, monkeypatch):
         assert ApplyAIToolkitLoRA.IS_CHANGED(lora_name=HIGH) != before
     finally:
         os.utime(low, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_vae_comes_from_ai_toolkits_wan21_vae_repo(models, roots, tmp_path):
+    """`_wan_vae_path`: the VAE is read from ai-toolkit/wan2.1-vae even for a local base folder with its own vae/
+    (here another VAE in the repo than in the folder); without that repo the loader says what to download."""
+    other = str(tmp_path / "other_vae")
+    tiny_wan._seeded(5, tiny_wan._vae).save_pretrained(other)
+    hub = os.environ["HF_HUB_CACHE"]
+    try:
+        os.environ["HF_HUB_CACHE"] = str(tmp_path / "hub")
+        fake_hub_repo(str(tmp_path / "hub"), tiny_wan22.VAE_REPO, {".": other})
+        CACHE.release()
+        got = engine.generate(handle(roots, "fp32"), PROMPT, negative_prompt=NEGATIVE, **SMALL)
+        same(got, reference(models, "fp32", vae_folder=other))
+        assert levels(got, reference(models, "fp32")) > 0, "the folder's own VAE gives another picture"
+        os.environ["HF_HUB_CACHE"] = str(tmp_path / "empty")
+        CACHE.release()
+        with pytest.raises(ModelSourceError, match=r"reads its VAE from ai-toolkit/wan2.1-vae.*hf download"):
+            handle(roots, "fp32")
+    finally:
+        os.environ["HF_HUB_CACHE"] = hub
+        CACHE.release()
+
+
+def test_decode_is_tiled_as_the_low_vram_presets(models, roots):
+    """The presets' low_vram decodes tiled (Diffusers' tiles, above 256 px): on by default, option vae_tiling off
+    for a run trained without it; the two differ."""
+    wide = dict(SMALL, width=288, steps=1)
+    tiled = engine.generate(handle(roots, "fp32"), PROMPT, negative_prompt=NEGATIVE, **wide)
+    same(tiled, reference(models, "fp32", **wide))
+    plain = engine.generate(handle(roots, "fp32").with_options(vae_tiling=False), PROMPT, negative_prompt=NEGATIVE,
+                            **wide)
+    same(plain, reference(models, "fp32", tiled=False, **wide))
+    assert levels(tiled, plain) > 0

@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from .. import latent_formats
 from ..families.wan import samplers as wan_samplers
+from ..families.wan.decode import WanVaeOptions
 from ..quantize import QuantizeRule
 from ..spec import ControlSlot, GuidanceSpec, MediaSpec, ModelSpec, QuantSpec, SchedulerSpec, SizeRule
 from .wan import WAN_DEFAULTS, WAN_LORA
@@ -33,7 +34,8 @@ WAN22_QUANT = QuantSpec(preset="qfloat8", components=("transformer", "transforme
                         rules=MappingProxyType({"transformer": _EXPERT_RULE, "transformer_2": _EXPERT_RULE}))
 WAN22_COMMON = dict(family="wan", defaults=WAN_DEFAULTS, scheduler=WAN22_SCHEDULER, lora=WAN_LORA, size=WAN22_SIZE,
                     guidance=GuidanceSpec("cfg"), media=WAN22_MEDIA, quant=WAN22_QUANT,
-                    preview=latent_formats.WAN21, base_versions=("wan_2.2_14b",))
+                    preview=latent_formats.WAN21, base_versions=("wan_2.2_14b",),
+                    options=WanVaeOptions())  # vae_tiling: the presets' low_vram decodes tiled (decode.py)
 
 SPECS = (
     ModelSpec(

@@ -30,22 +30,18 @@ written out here over the Diffusers components):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
 from ...errors import ModelSourceError
 from ..common import from_source, prepare_components, quantize_components
 from . import TEXT_PARTS, Wan21, _ftfy_note, encode_wan, text_parts
+from .decode import WanVaeOptions, decode_latents
 
 IN_CHANNELS = 48
 
 
-@dataclass(frozen=True)
-class Wan225bOptions:
-    """`vae_tiling`: decode tiled as ai-toolkit's `low_vram` preset (`use_vae_tiling`) does; off for a LoRA trained
-    with `low_vram: false` (and no `model_kwargs.vae_tiling`)."""
-    vae_tiling: bool = True
+Wan225bOptions = WanVaeOptions  # the registry entry's options (`decode.py`)
 
 
 class Wan225b(Wan21):
@@ -156,19 +152,7 @@ class Wan225b(Wan21):
                 latents = x * (1 - mask) + latents * mask
                 if on_step is not None:
                     on_step(i + 1, request.steps, latents)
-            video = self.decode(vae, latents, tiled=options.vae_tiling)
+            video = decode_latents(vae, latents, tiled=options.vae_tiling)
             video = sampling.video_processor.postprocess_video(video, output_type="np")
         return Render(frames=video[0], fps=float(request.fps), notes=tuple(notes))
 
-    @staticmethod
-    def decode(vae, latents, tiled: bool):
-        z = latents.to(vae.dtype)
-        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z.device, z.dtype)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z.device, z.dtype)
-        was = vae.use_tiling
-        if tiled:
-            vae.enable_tiling()
-        try:
-            return vae.decode(z / inv_std + mean, return_dict=False)[0]
-        finally:
-            vae.use_tiling = was

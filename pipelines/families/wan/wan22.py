@@ -45,7 +45,8 @@ from ...lora.files import pair_stage, read_header
 from ...spec import LoraLayout
 from ..base import LoraPart, LoraPlan
 from ..common import from_source, prepare_components, quantize_components
-from . import Wan21, _ftfy_note, encode_wan
+from . import TEXT_PARTS, Wan21, _ftfy_note, encode_wan, text_parts
+from .decode import decode_latents, load_wan21_vae
 
 BOUNDARY_RATIO = 0.875  # wan22_14b_model.py:boundary_ratio_t2v, used for T2V and I2V alike
 HIGH, LOW = "transformer", "transformer_2"
@@ -84,7 +85,9 @@ class Wan22T2V(Wan21):
     def load(self, spec, source, dtype, device, quantization=None):
         import diffusers
 
-        pipe = from_source(getattr(diffusers, spec.pipeline_class), spec, source, scheduler=self.scheduler(spec))
+        # Wan21.load_model: the UMT5 from where ai-toolkit reads it, and (`_wan_vae_path`) the Wan 2.1 VAE repo
+        pipe = from_source(getattr(diffusers, spec.pipeline_class), spec, source, scheduler=self.scheduler(spec),
+                           hub_skip=TEXT_PARTS + ("vae/*",), vae=load_wan21_vae(spec), **text_parts(spec, source))
         label = os.path.basename(source.location)
         for name in (HIGH, LOW):
             model = getattr(pipe, name, None)
@@ -183,7 +186,8 @@ class Wan22T2V(Wan21):
             latents, conditioning = self.conditioning(sampling, request, noise, width, height, generator)
             latents = self.denoise(sampling, latents, conditioning, cond, uncond, guidance, request.steps,
                                    on_step)
-            video = self.decode(sampling, latents)
+            video = decode_latents(sampling.vae, latents, tiled=self.options(spec, request).vae_tiling)
+            video = sampling.video_processor.postprocess_video(video, output_type="np")[0]
         return Render(frames=video, fps=float(request.fps), notes=tuple(notes))
 
     def denoise(self, sampling, latents, conditioning, cond, uncond, guidance, steps, on_step):
@@ -212,15 +216,6 @@ class Wan22T2V(Wan21):
             if on_step is not None:
                 on_step(i + 1, steps, latents)
         return latents
-
-    def decode(self, sampling, latents) -> np.ndarray:
-        vae = sampling.vae
-        z = latents.to(vae.dtype)
-        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(z.device, z.dtype)
-        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(z.device,
-                                                                                                    z.dtype)
-        video = vae.decode(z / inv_std + mean, return_dict=False)[0]
-        return sampling.video_processor.postprocess_video(video, output_type="np")[0]
 
 
 class Wan22I2V(Wan22T2V):
