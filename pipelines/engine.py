@@ -163,7 +163,7 @@ def _match_training_quantization(base: LoadedBase, lora_path: str):
         return base, f"quantization {qtype or 'none'}, as {where} says"
     if qtype is not None:
         try:
-            resolve_qtype(qtype)
+            _check_offered(base.spec, qtype)
         except QuantizationError as exc:
             raise QuantizationError(f"{os.path.basename(lora_path)} was trained on a {qtype} base ({where}); "
                                     f"{exc} Choose quantization \"none\" or \"qfloat8\" on the loader to "
@@ -198,8 +198,22 @@ def bind(base: LoadedBase, path: str) -> BoundLora:
 
 
 def quantization_choices() -> list[str]:
-    """The loader's `quantization` values: match training, none, and the qtypes the pack reproduces."""
-    return [MATCH_TRAINING, NO_QUANTIZATION, *QTYPES]
+    """The loader's `quantization` values: match training, none, and the qtypes the pack reproduces (qfloat8 for
+    every quantized model, then those some models offer, in registry order)."""
+    from .registry import REGISTRY
+
+    extra = [q for spec in REGISTRY.values() for q in spec.quant.qtypes]
+    return [MATCH_TRAINING, NO_QUANTIZATION, *QTYPES, *dict.fromkeys(q for q in extra if q not in QTYPES)]
+
+
+def _check_offered(spec, qtype: str) -> None:
+    """Refuses a qtype this model is not offered with (or whose package is missing)."""
+    if not spec.quant.offers(qtype):
+        offered = ", ".join(("qfloat8", *spec.quant.qtypes))
+        resolve_qtype(qtype)  # a qtype the pack does not reproduce at all says so first
+        raise QuantizationError(f"qtype {qtype!r} is not reproduced for {spec.label} (ai-toolkit's presets for it "
+                                f"use other qtypes). For {spec.label}: {offered}.")
+    resolve_qtype(qtype)
 
 
 def pick_quantization(spec, quantization: str | None) -> str | None:
@@ -213,7 +227,7 @@ def pick_quantization(spec, quantization: str | None) -> str | None:
         raise QuantizationError(f"{spec.label} is never quantized by ai-toolkit; choose quantization "
                                 f"\"{MATCH_TRAINING}\" or \"{NO_QUANTIZATION}\".")
     try:
-        resolve_qtype(quantization)  # refuses qtypes the pack does not reproduce, and a missing optimum-quanto
+        _check_offered(spec, quantization)  # refuses qtypes not reproduced (for this model), and missing packages
     except QuantizationError as exc:
         raise QuantizationError(f"quantization {quantization!r}: {exc} Choose one of: "
                                 f"{', '.join(quantization_choices())}.") from None
