@@ -336,6 +336,7 @@ def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None =
         request = replace(request, options=handle.options)
     get_family(handle.spec).check_request(handle.spec, request)
     base, chain = _live(handle)
+    base = base.family.base_for(base, request)
     multiplier = request.network_multiplier
     stack = [(bound, strength if multiplier is None else multiplier) for bound, strength in chain]
     # "match training" may depend on the LoRAs (e.g. the ai-toolkit version that made the preview): the family says
