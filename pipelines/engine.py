@@ -160,7 +160,7 @@ def _match_training_quantization(base: LoadedBase, lora_path: str):
     qtype = config.quantization_for(base.spec.quant.flag)
     where = f"its training config ({os.path.basename(os.path.dirname(config.path))}/config.yaml)"
     if qtype == base.quantization:
-        return base, f"quantization {qtype or 'none'}, as {where} says"
+        return base, f"quantization {qtype or 'none'}, as {where} says" + _te_caveat(base.spec, config, qtype)
     if qtype is not None:
         try:
             _check_offered(base.spec, qtype)
@@ -170,7 +170,19 @@ def _match_training_quantization(base: LoadedBase, lora_path: str):
                                     "render anyway.") from None
     swapped = CACHE.get(base.spec, base.source, base.dtype, base.device, qtype)
     return swapped, (f"quantization {qtype or 'none'} instead of the preset's {base.quantization or 'none'}, "
-                     f"as {where} says")
+                     f"as {where} says" + _te_caveat(base.spec, config, qtype))
+
+
+def _te_caveat(spec, config, qtype) -> str:
+    """What "match training" cannot follow: a `qtype_te`/`quantize_te` other than the UI's default (qfloat8, on)."""
+    if not qtype or not spec.quant.te_components:
+        return ""
+    te = config.quantization_for("quantize_te")
+    te = te and str(config.model.get("qtype_te") or "qfloat8")
+    if te == "qfloat8":
+        return ""
+    return (f"; its text encoder was quantized with {te or 'none'}, rendered here with qfloat8 (only qfloat8 is "
+            "reproduced there)")
 
 
 def bind(base: LoadedBase, path: str) -> BoundLora:

@@ -176,11 +176,15 @@ def test_match_training_takes_the_ara_qtype_from_the_runs_config(models, roots, 
     run.mkdir(parents=True)
     shutil.copy(models / "loras" / LORA, run / "ara_run_000000250.safetensors")
     (run / "config.yaml").write_text(yaml.safe_dump({"job": "extension", "config": {"name": "ara_run", "process": [
-        {"type": "sd_trainer", "model": {"arch": "qwen_image", "quantize": True, "qtype": ARA}}]}}))
+        {"type": "sd_trainer", "model": {"arch": "qwen_image", "quantize": True, "qtype": ARA,
+                                         "qtype_te": "uint4"}}]}}))
     run_roots = ModelRoots(diffusers=roots.diffusers, loras=(str(tmp_path / "loras"),))
     handle = engine.load("qwen_image", base="tiny-qwen_image", dtype="fp32", device="cpu", roots=run_roots)
     handle = engine.apply_lora(handle, "ara_run/ara_run_000000250.safetensors", 1.0, roots=run_roots)
     assert handle.base.quantization == ARA
+    notes = " ".join(handle.loras[-1].bound.report.notes)
+    assert f"quantization {ARA}" in notes
+    assert "text encoder was quantized with uint4, rendered here with qfloat8" in notes
 
 
 def test_refusals(models, roots, tmp_path):

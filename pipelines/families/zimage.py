@@ -27,6 +27,10 @@ the same adapter-merged weights (or branched over them). The option `training_ad
 LoRA engine's stack (`lora_stack`: stage −1 = the adapter merged at +1 and its −1 branch, stage 0 = the chain), so the
 cached base is restored exactly after every render. ai-toolkit's adapter network is built without `base_model`, so
 it wraps every Linear of the transformer (no block filter): every module of the file is applied.
+With quantize on, ai-toolkit merges the adapter before quantizing, and with torchao float8 where the preset says
+qfloat8 (`load_model`); a quantized base cannot take that merge afterwards, so `base_for` renders such a request on
+a base loaded that way (`load` with `"<qtype>" + PREMERGED + "<path>@<mtime>"`: merge, then quantize; cached under
+that key), and `lora_stack` then adds only the adapter's −1 branch under the chain's branches.
 
 LoRA names: `diffusion_model.<module path>.lora_A/B` (peft, alpha = rank: scale 1), `transformer.<path>` too.
 """
