@@ -39,6 +39,10 @@ except Exception:  # noqa: BLE001
 needs_torchao = pytest.mark.skipif(not HAVE_TORCHAO, reason="torchao is not installed "
                                    "(pip install -r requirements-test.txt)")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# ai-toolkit's `Float8WeightOnlyConfig()`; set_inductor_config only decides whether torchao also changes torch.compile
+# settings and `torch.set_float32_matmul_precision("high")` process-wide (which would leak into the other tests): the
+# quantized weights are the same either way.
+FLOAT8 = Float8WeightOnlyConfig(set_inductor_config=False) if HAVE_TORCHAO else None
 SMALL = dict(width=64, height=64, steps=2, seed=7)
 PROMPT = "a red fox in the snow"
 NEGATIVE = "blurry, low quality"
@@ -64,7 +68,7 @@ def test_float8_layers_equal_torchao_applied_by_hand(dtype):
     expect, original = copy.deepcopy(model), copy.deepcopy(model)
     for layer in (*expect.layers[0], *expect.layers[1], expect.out):   # every Linear but the excluded embedder
         if isinstance(layer, torch.nn.Linear):
-            quantize_(layer, Float8WeightOnlyConfig())
+            quantize_(layer, FLOAT8)
     report = quantize_component(model, "float8", DTYPES[dtype], QuantizeRule(exclude=("t_embedder*",),
                                                                              blocks=("layers",)))
     assert report.quantized == ["layers.0.0", "layers.0.2", "layers.1.0", "layers.1.2", "out"]
@@ -157,9 +161,9 @@ def reference_float8(models, dtype, strength=None):
                 and not any(fnmatch(n, p) for p in exclude) and "torchao" not in type(m.weight).__module__]
     for block in transformer.layers:
         for layer in linears(block, ref.QUANT_EXCLUDE):
-            quantize_(layer, Float8WeightOnlyConfig())
+            quantize_(layer, FLOAT8)
     for layer in linears(transformer, ref.QUANT_EXCLUDE):
-        quantize_(layer, Float8WeightOnlyConfig())
+        quantize_(layer, FLOAT8)
     _quanto_te(parts["text_encoder"])
     ref.branch(parts, adapter, -1.0, d)
     if strength is not None:

@@ -6,7 +6,10 @@ whose `exclude` list is never None: so every `nn.Linear` not excluded is handed 
 (containers are skipped), block by block and then over the whole model; torchao's filter skips a Linear whose
 weight is already quantized, so the second pass only adds the layers outside the blocks. torchao is optional and
 imported only here, inside functions (a QuantizationError says what to install). `set_inductor_config=False` keeps
-torchao from changing torch.compile's global settings; it does not change the quantized weights.
+torchao from changing torch.compile's global settings and `torch.set_float32_matmul_precision("high")` for the whole
+process; it does not change the quantized weights. ai-toolkit keeps the default (True), so after it quantizes with
+float8, its fp32 matmuls on CUDA (the LoRA's fp32 branch) may run in TF32; the pack keeps them exact (a GPU-only
+difference, not measured here).
 """
 from __future__ import annotations
 
