@@ -196,3 +196,18 @@ def test_the_merged_then_quantized_base_is_its_own_cache_entry(models, roots):
     # the qfloat8 base the handle was loaded with is untouched: without the adapter it still renders qfloat8
     plain = render(roots, "bf16", "qfloat8", adapter="")
     assert levels(plain, got) > 0
+
+
+def test_without_torchao_the_quantized_adapter_render_names_the_package(models, roots, monkeypatch):
+    """Refused before the second base is loaded; the handle's own base still renders."""
+    pytest.importorskip("optimum.quanto")
+    from aitk_pack.pipelines.errors import QuantizationError
+
+    for name in ("torchao", "torchao.quantization", "torchao.quantization.quant_api"):
+        monkeypatch.setitem(sys.modules, name, None)   # import now raises ImportError
+    render(roots, "fp32", "qfloat8", adapter="")      # the handle's base, loaded (or cached) now
+    loads = CACHE.loads
+    with pytest.raises(QuantizationError, match=r"torchao.*pip install --no-deps \"torchao==0.10.0\""):
+        render(roots, "fp32", "qfloat8")
+    assert CACHE.loads == loads
+    assert render(roots, "fp32", "qfloat8", adapter="").std() > 1

@@ -159,8 +159,10 @@ class ZImage(Family):
         if not name or not base.quantization or split_premerged(base.quantization)[1] is not None:
             return base
         from ..cache import CACHE
+        from ..quantize import resolve_qtype
 
         qtype = AFTER_MERGE.get(base.quantization, base.quantization)
+        resolve_qtype(qtype)  # a missing torchao is named before anything is loaded
         key = f"{qtype}{PREMERGED}{name}@{os.stat(name).st_mtime_ns}" if os.path.isfile(name) else None
         if key is None:
             raise LoraError(f"Training adapter {name} is no longer there. Put the file back, or set the option again.")
