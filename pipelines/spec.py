@@ -129,7 +129,8 @@ class QuantSpec:
         return bool(self.components) and (qtype == "qfloat8" or qtype in self.qtypes)
 
     def qtype_for(self, component: str, qtype: str) -> str:
-        """The qtype `component` is quantized with when the model's qtype is `qtype`."""
+        """The qtype `component` is quantized with when the model's qtype is `qtype` (a `qtype_te` component: the
+        UI's default qtype_te, qfloat8; "match training" notes a run that chose another)."""
         return "qfloat8" if component in self.te_components else qtype
 
 

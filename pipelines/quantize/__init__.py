@@ -25,7 +25,7 @@ The other backends ai-toolkit's `get_qtype` resolves, through the same passes: `
 UIntX quantizer: uintx.py), `uintN|org/repo/file.safetensors` (uintN with an accuracy-recovery adapter: ara.py) and
 `float8` (torchao's Float8WeightOnlyConfig: torchao.py, optional like optimum-quanto). Which of them a model offers
 is registry data (`QuantSpec.qtypes`); the text encoders a preset quantizes with `qtype_te` (`QuantSpec.
-te_components`) always get ai-toolkit's default `qtype_te`, qfloat8 (`TE_QTYPE`).
+te_components`) always get ai-toolkit's default `qtype_te`, qfloat8 (`QuantSpec.qtype_for`).
 """
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ INSTALL = "pip install \"optimum-quanto>=0.2.4\""  # 0.2.4 is what ai-toolkit's 
 # the optimum-quanto qtype name (`toolkit/util/quantize.py:get_qtype` falls through to `optimum.quanto.qtypes`).
 QTYPES = {"qfloat8": "qfloat8"}
 
-TE_QTYPE = "qfloat8"   # ai-toolkit's `qtype_te` default (the UI never changes it)
 # Reproduced here with other backends (see the module docstring).
 REPRODUCED = (*uintx.BITS, *ao.QTYPES)
 
