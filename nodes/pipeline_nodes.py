@@ -91,7 +91,10 @@ class LoadAIToolkitPipeline:
                            f"so previews) with ({_QUANT_PRESETS}; every other model unquantized), since LoRA files "
                            "do not record it. "
                            "qfloat8: optimum-quanto float8 weights as ai-toolkit makes them (needs the "
-                           "optimum-quanto package); the LoRA then runs unmerged in fp32, as in ai-toolkit. none: "
+                           "optimum-quanto package); the LoRA then runs unmerged in fp32, as in ai-toolkit. "
+                           "uint2..uint7 and uintN|ostris/accuracy_recovery_adapters/...: ai-toolkit's N-bit "
+                           "weights and the Qwen-Image presets' \"N bit with ARA\" (the adapter file from the "
+                           "Hugging Face cache), Qwen-Image models only. none: "
                            "full-precision weights (a different picture from a quantized preview)."}),
         }}
 

@@ -184,17 +184,29 @@ def _match_training_quantization(base: LoadedBase, lora_path: str):
     qtype = config.quantization_for(base.spec.quant.flag)
     where = f"its training config ({os.path.basename(os.path.dirname(config.path))}/config.yaml)"
     if qtype == base.quantization:
-        return base, f"quantization {qtype or 'none'}, as {where} says"
+        return base, f"quantization {qtype or 'none'}, as {where} says" + _te_caveat(base.spec, config, qtype)
     if qtype is not None:
         try:
-            resolve_qtype(qtype)
+            _check_offered(base.spec, qtype)
         except QuantizationError as exc:
             raise QuantizationError(f"{os.path.basename(lora_path)} was trained on a {qtype} base ({where}); "
                                     f"{exc} Choose quantization \"none\" or \"qfloat8\" on the loader to "
                                     "render anyway.") from None
     swapped = CACHE.get(base.spec, base.source, base.dtype, base.device, qtype)
     return swapped, (f"quantization {qtype or 'none'} instead of the preset's {base.quantization or 'none'}, "
-                     f"as {where} says")
+                     f"as {where} says" + _te_caveat(base.spec, config, qtype))
+
+
+def _te_caveat(spec, config, qtype) -> str:
+    """What "match training" cannot follow: a `qtype_te`/`quantize_te` other than the UI's default (qfloat8, on)."""
+    if not qtype or not spec.quant.te_components:
+        return ""
+    te = config.quantization_for("quantize_te")
+    te = te and str(config.model.get("qtype_te") or "qfloat8")
+    if te == "qfloat8":
+        return ""
+    return (f"; its text encoder was quantized with {te or 'none'}, rendered here with qfloat8 (only qfloat8 is "
+            "reproduced there)")
 
 
 def bind(base: LoadedBase, path: str, role: str | None = None) -> BoundLora:
@@ -224,8 +236,22 @@ def bind(base: LoadedBase, path: str, role: str | None = None) -> BoundLora:
 
 
 def quantization_choices() -> list[str]:
-    """The loader's `quantization` values: match training, none, and the qtypes the pack reproduces."""
-    return [MATCH_TRAINING, NO_QUANTIZATION, *QTYPES]
+    """The loader's `quantization` values: match training, none, and the qtypes the pack reproduces (qfloat8 for
+    every quantized model, then those some models offer, in registry order)."""
+    from .registry import REGISTRY
+
+    extra = [q for spec in REGISTRY.values() for q in spec.quant.qtypes]
+    return [MATCH_TRAINING, NO_QUANTIZATION, *QTYPES, *dict.fromkeys(q for q in extra if q not in QTYPES)]
+
+
+def _check_offered(spec, qtype: str) -> None:
+    """Refuses a qtype this model is not offered with (or whose package is missing)."""
+    if not spec.quant.offers(qtype):
+        offered = ", ".join(("qfloat8", *spec.quant.qtypes))
+        resolve_qtype(qtype)  # a qtype the pack does not reproduce at all says so first
+        raise QuantizationError(f"qtype {qtype!r} is not reproduced for {spec.label} (ai-toolkit's presets for it "
+                                f"use other qtypes). For {spec.label}: {offered}.")
+    resolve_qtype(qtype)
 
 
 def pick_quantization(spec, quantization: str | None) -> str | None:
@@ -239,7 +265,7 @@ def pick_quantization(spec, quantization: str | None) -> str | None:
         raise QuantizationError(f"{spec.label} is never quantized by ai-toolkit; choose quantization "
                                 f"\"{MATCH_TRAINING}\" or \"{NO_QUANTIZATION}\".")
     try:
-        resolve_qtype(quantization)  # refuses qtypes the pack does not reproduce, and a missing optimum-quanto
+        _check_offered(spec, quantization)  # refuses qtypes not reproduced (for this model), and missing packages
     except QuantizationError as exc:
         raise QuantizationError(f"quantization {quantization!r}: {exc} Choose one of: "
                                 f"{', '.join(quantization_choices())}.") from None
@@ -348,6 +374,7 @@ def render(handle: PipelineHandle, request: SampleRequest, sampler: str | None =
         request = replace(request, options=handle.options)
     get_family(handle.spec).check_request(handle.spec, request)
     base, chain = _live(handle)
+    base = base.family.base_for(base, request)
     multiplier = request.network_multiplier
     stack = [(bound, strength if multiplier is None else multiplier) for bound, strength in chain]
     # "match training" may depend on the LoRAs (e.g. the ai-toolkit version that made the preview): the family says

@@ -186,6 +186,30 @@ def hub_snapshot(repo_id: str, allow_download: bool | None = None, skip: tuple =
             f"(and a token for gated repos), or put a Diffusers folder under the diffusers model folder.") from exc
 
 
+def hub_file(repo_id: str, filename: str, allow_download: bool | None = None) -> str:
+    """Local path of one file of `repo_id` from the HF cache (where ai-toolkit's `hf_hub_download` puts it);
+    downloads it when allowed (not HF_HUB_OFFLINE), as `hub_snapshot` does for whole repos."""
+    from huggingface_hub import hf_hub_download
+
+    where = dict(cache_dir=os.environ.get("HF_HUB_CACHE") or None)
+    try:
+        return hf_hub_download(repo_id, filename, local_files_only=True, **where)
+    except Exception as cached_exc:  # noqa: BLE001 - not cached: maybe download
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        if allow_download is None:
+            allow_download = not offline
+        if not allow_download:
+            raise ModelSourceError(
+                f"{repo_id}/{filename} is not in the local Hugging Face cache and downloading is off "
+                f"(HF_HUB_OFFLINE). Download it once with `hf download {repo_id} {filename}`.") from cached_exc
+    try:
+        return hf_hub_download(repo_id, filename, **where)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelSourceError(
+            f"Could not download {repo_id}/{filename} from Hugging Face ({type(exc).__name__}: {exc}). Check the "
+            f"network, or download it once with `hf download {repo_id} {filename}`.") from exc
+
+
 def resolve_lora(name: str, roots: ModelRoots) -> str:
     """Path of a LoRA file given by name (with or without `.safetensors`), inside the `loras` roots only."""
     candidates = [name] if name.lower().endswith(LORA_EXTS) else [name + ".safetensors", name]

@@ -122,11 +122,25 @@ class QuantSpec:
     `components`: the components quantized, in order (ai-toolkit: the transformer, then the text encoder
     `quantize_te`). `rules`: per component, the `quantize.QuantizeRule` (absent = every module, no exclusions).
     `flag`: the training config's `model:` key that turns these components' quantization on ("quantize"; Lumina2's
-    preset quantizes only the text encoder, so "quantize_te"), which "match training" reads from a LoRA's config."""
+    preset quantizes only the text encoder, so "quantize_te"), which "match training" reads from a LoRA's config.
+    `qtypes`: the qtypes other than qfloat8 the pack reproduces for this model (its presets' "N bit with ARA"
+    strings, uintN, float8), offered on the loader. `te_components`: the components ai-toolkit quantizes with
+    `qtype_te` (always qfloat8 in its UI) instead of `qtype`."""
     preset: str | None = None
     components: tuple[str, ...] = ()
     rules: Mapping[str, object] = field(default_factory=dict)
     flag: str = "quantize"
+    qtypes: tuple[str, ...] = ()
+    te_components: tuple[str, ...] = ()
+
+    def offers(self, qtype: str) -> bool:
+        """Whether `qtype` is one this model can be quantized with here."""
+        return bool(self.components) and (qtype == "qfloat8" or qtype in self.qtypes)
+
+    def qtype_for(self, component: str, qtype: str) -> str:
+        """The qtype `component` is quantized with when the model's qtype is `qtype` (a `qtype_te` component: the
+        UI's default qtype_te, qfloat8; "match training" notes a run that chose another)."""
+        return "qfloat8" if component in self.te_components else qtype
 
 
 @dataclass(frozen=True)

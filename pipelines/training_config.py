@@ -32,7 +32,11 @@ class TrainingConfig:
         on = self.model.get(flag, self.model.get("quantize", False) if flag == "quantize_te" else False)
         if not on:
             return None
-        return str(self.model.get("qtype") or "qfloat8")
+        qtype = str(self.model.get("qtype") or "qfloat8")
+        adapter = self.model.get("accuracy_recovery_adapter")  # ModelConfig: also given on its own, not in qtype
+        if flag == "quantize" and adapter and "|" not in qtype:
+            qtype = f"{qtype}|{adapter}"
+        return qtype
 
 
 def find_training_config(lora_path: str) -> TrainingConfig | None:

@@ -179,8 +179,8 @@ def test_include_is_an_allowlist():
     assert model.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float32  # dtype None: no cast
 
 
-@pytest.mark.parametrize("qtype,words", [("float8", "torchao"), ("uint4", "UIntX"), ("convrot8", "convrot"),
-                                         ("uint3|ostris/ara.safetensors", "accuracy-recovery"),
+@pytest.mark.parametrize("qtype,words", [("int8", "torchao"), ("nvfp4", "nvfp4"), ("convrot8", "convrot"),
+                                         ("qfloat8|ostris/ara.safetensors", "accuracy-recovery"),
                                          ("qint9", "does not offer")])
 def test_other_qtypes_are_refused_by_name(qtype, words):
     with pytest.raises(QuantizationError) as err:

@@ -75,9 +75,9 @@ def roots(models):
     CACHE.release()
 
 
-def render(roots, dtype, model_id, controls, loras=(), options=None, prompt=PROMPT, **values):
+def render(roots, dtype, model_id, controls, loras=(), options=None, prompt=PROMPT, quantization="none", **values):
     handle = engine.load(model_id, base=f"tiny-{model_id}", dtype=dtype, device="cpu", roots=roots,
-                         quantization="none")
+                         quantization=quantization)
     for name, strength in loras:
         handle = engine.apply_lora(handle, name, strength, roots=roots)
     if options:
@@ -87,11 +87,14 @@ def render(roots, dtype, model_id, controls, loras=(), options=None, prompt=PROM
 
 
 def reference(models, dtype, model_id, controls, strength=None, do_cfg_norm=False, prompt=PROMPT, negative=NEGATIVE,
-              legacy_ctrl_img=False, **values):
+              legacy_ctrl_img=False, quantized=False, **values):
     v = dict(SMALL, **values)
     parts = ref.load_parts(str(models / "diffusers" / f"tiny-{model_id}"), DTYPES[dtype], edit=True)
+    if quantized:
+        ref.quantize_qfloat8(parts, DTYPES[dtype])
     if strength is not None:
-        assert ref.merge_lora(parts, load_file(str(models / "loras" / LORA)), strength) == 28
+        lora = ref.branch_lora if quantized else ref.merge_lora
+        assert lora(parts, load_file(str(models / "loras" / LORA)), strength) == 28
     args = (v["seed"], v["steps"], v["guidance_scale"], v["width"], v["height"])
     if model_id == "qwen_image_edit":
         return ref.preview_edit(parts, prompt, negative, controls[0], *args)
@@ -178,3 +181,19 @@ def test_edit_plus_at_real_sizes(models, roots):
     assert pack_edit.VAE_AREA == ref.VAE_AREA == 1024 * 1024
     same(render(roots, "fp32", "qwen_image_edit_plus", CONTROLS[:1], steps=2),
          reference(models, "fp32", "qwen_image_edit_plus", CONTROLS[:1], steps=2))
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_edit_plus_qfloat8_with_lora_branch_matches_reference(models, roots, dtype):
+    """The presets' qfloat8: the transformer block by block and the text encoder with its vision tower, the LoRA as
+    an fp32 branch over the quantized layers."""
+    pytest.importorskip("optimum.quanto")
+    got = render(roots, dtype, "qwen_image_edit_plus", CONTROLS[:2], loras=[(LORA, 0.7)], quantization="qfloat8")
+    assert levels(got, render(roots, dtype, "qwen_image_edit_plus", CONTROLS[:2], loras=[(LORA, 0.7)])) > 0
+    same(got, reference(models, dtype, "qwen_image_edit_plus", CONTROLS[:2], strength=0.7, quantized=True))
+
+
+def test_edit_qfloat8_matches_reference(models, roots):
+    pytest.importorskip("optimum.quanto")
+    same(render(roots, "bf16", "qwen_image_edit", CONTROLS[:1], quantization="qfloat8"),
+         reference(models, "bf16", "qwen_image_edit", CONTROLS[:1], quantized=True))

@@ -72,6 +72,12 @@ class Family:
                             "high/low-noise expert pair: set expert to auto.")
         return LoraPlan((LoraPart(path),))
 
+    def base_for(self, base, request):
+        """The `cache.LoadedBase` this request renders on: `base`, unless the request needs the base loaded another
+        way (e.g. an adapter ai-toolkit merges into the full-precision weights before quantizing them: a quantized
+        base cannot take it afterwards). Default: `base`."""
+        return base
+
     def lora_stack(self, base, request, stack) -> list:
         """What the patcher applies for this request: the handle's chain `[(BoundLora, multiplier)]`, plus any LoRA
         the family adds around it as `lora.merge.StackEntry`s (e.g. an adapter ai-toolkit merges into the base at

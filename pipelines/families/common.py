@@ -119,7 +119,8 @@ def quantize_components(pipe, spec, qtype: str | None, dtype) -> list:
             module = getattr(pipe, name, None)
             if module is None:
                 continue
-            reports.append(quantize_component(module, qtype, dtype, spec.quant.rules.get(name, QuantizeRule())))
+            reports.append(quantize_component(module, spec.quant.qtype_for(name, qtype), dtype,
+                                              spec.quant.rules.get(name, QuantizeRule())))
     return reports
 
 

@@ -27,6 +27,10 @@ the same adapter-merged weights (or branched over them). The option `training_ad
 LoRA engine's stack (`lora_stack`: stage −1 = the adapter merged at +1 and its −1 branch, stage 0 = the chain), so the
 cached base is restored exactly after every render. ai-toolkit's adapter network is built without `base_model`, so
 it wraps every Linear of the transformer (no block filter): every module of the file is applied.
+With quantize on, ai-toolkit merges the adapter before quantizing, and with torchao float8 where the preset says
+qfloat8 (`load_model`); a quantized base cannot take that merge afterwards, so `base_for` renders such a request on
+a base loaded that way (`load` with `"<qtype>" + PREMERGED + "<path>@<mtime>"`: merge, then quantize; cached under
+that key), and `lora_stack` then adds only the adapter's −1 branch under the chain's branches.
 
 LoRA names: `diffusion_model.<module path>.lora_A/B` (peft, alpha = rank: scale 1), `transformer.<path>` too.
 """
@@ -60,6 +64,20 @@ class ZImageOptions:
         "no adapter (the preview then differs by a small residue)."), "file": "loras"})
 
 
+# The base of a quantized render with the training adapter: "<qtype>" + PREMERGED + "<adapter path>@<mtime ns>"
+# (the cache key, and what `load` is given). `load_model` turns the preset's qfloat8 into torchao float8 then.
+PREMERGED = "+training adapter merged first:"
+AFTER_MERGE = {"qfloat8": "float8"}
+
+
+def split_premerged(quantization):
+    """(qtype, adapter path merged before quantizing or None)."""
+    if not quantization or PREMERGED not in quantization:
+        return quantization, None
+    qtype, _, rest = quantization.partition(PREMERGED)
+    return qtype, rest.rpartition("@")[0]
+
+
 def _in_dtype(bound, dtype):
     """A copy of a bound LoRA whose tensors are rounded to `dtype`, as ai-toolkit's `force_to(device, dtype)` +
     `load_weights` hold the adapter (its merge then reads them `.float()`)."""
@@ -85,8 +103,20 @@ class ZImage(Family):
                                    "folder or base \"default\".")
         pipe = self._from_folders(spec, source)
         prepare_components(pipe, os.path.basename(source.location), spec, dtype, device)
-        quantize_components(pipe, spec, quantization, dtype)
+        qtype, adapter = split_premerged(quantization)
+        if adapter is not None:
+            self._merge_adapter(spec, pipe, adapter, dtype)
+        quantize_components(pipe, spec, qtype, dtype)
         return pipe
+
+    def _merge_adapter(self, spec, pipe, path, dtype) -> None:
+        """`load_training_adapter` before `quantize_model`: the adapter (in the model dtype) merged at +1 into the
+        full-precision weights, `(W.float() + B.float() @ A.float()).to(W.dtype)`; kept (never restored)."""
+        from ..lora import WeightPatcher, bind_lora
+
+        components = self.lora_components(pipe)
+        bound = _in_dtype(self._checked(bind_lora(path, spec, components), path, spec), dtype)
+        WeightPatcher(components, quantized=False).set_stack([StackEntry(bound, 1.0, merged=True)])
 
     def _from_folders(self, spec, source):
         from diffusers import ZImagePipeline
@@ -121,23 +151,50 @@ class ZImage(Family):
                               tokenizer=tokenizer, transformer=transformer)
 
     # ---- the training adapter ------------------------------------------------------------------------------
+    def base_for(self, base, request):
+        """A quantized base with the training adapter: ai-toolkit merges the adapter into the full-precision weights
+        and quantizes after that, with torchao float8 where the preset says qfloat8 (`load_model`): that base, cached
+        under its own key (the adapter's path and mtime in it)."""
+        name = self._adapter_name(base.spec, request)
+        if not name or not base.quantization or split_premerged(base.quantization)[1] is not None:
+            return base
+        from ..cache import CACHE
+        from ..quantize import resolve_qtype
+
+        qtype = AFTER_MERGE.get(base.quantization, base.quantization)
+        resolve_qtype(qtype)  # a missing torchao is named before anything is loaded
+        key = f"{qtype}{PREMERGED}{name}@{os.stat(name).st_mtime_ns}" if os.path.isfile(name) else None
+        if key is None:
+            raise LoraError(f"Training adapter {name} is no longer there. Put the file back, or set the option again.")
+        return CACHE.get(base.spec, base.source, base.dtype, base.device, key)
+
+    def _adapter_name(self, spec, request) -> str:
+        return (getattr(self.options(spec, request), "training_adapter", "") or "").strip()
+
     def lora_stack(self, base, request, stack):
-        options = self.options(base.spec, request)
-        name = (getattr(options, "training_adapter", "") or "").strip()
+        name = self._adapter_name(base.spec, request)
         if not name:
             return stack
-        if base.quantization:
-            raise QuantizationError(
-                f"The training adapter cannot be reproduced on a quantized base: ai-toolkit merges it into the "
-                f"full-precision weights before quantizing them (and then quantizes with torchao float8, which this "
-                f"pack does not reproduce). Load {base.spec.label} with quantization \"none\", or clear "
-                "training_adapter.")
+        premerged = split_premerged(base.quantization)[1]
+        if base.quantization and premerged is None:
+            raise QuantizationError(f"{base.spec.label}: the training adapter on a quantized base must be merged "
+                                    "before quantizing (render through engine.render, which loads that base).")
         if not os.path.isfile(name):  # a path, resolved by PipelineHandle.with_options; since removed?
             raise LoraError(f"Training adapter {name} is no longer there. Put the file back, or set the option again.")
         adapter = self.adapter(base, name)
+        unmerge = StackEntry(adapter, -1.0, stage=-1, branch_dtype=base.dtype)
+        if premerged is not None:  # merged before quantizing (load): only the -1 branch is left to run
+            return [unmerge, *(StackEntry(bound, multiplier) for bound, multiplier in stack)]
         return [StackEntry(adapter, 1.0, stage=-1, merged=True),  # merged at load, whatever the LoRA mode
-                StackEntry(adapter, -1.0, stage=-1, branch_dtype=base.dtype),
-                *(StackEntry(bound, multiplier) for bound, multiplier in stack)]
+                unmerge, *(StackEntry(bound, multiplier) for bound, multiplier in stack)]
+
+    @staticmethod
+    def _checked(bound, path, spec):
+        report = bound.report
+        if report.applied_keys != report.total_keys:
+            raise LoraError(f"Training adapter {os.path.basename(path)}: only {report.applied_keys} of its "
+                            f"{report.total_keys} keys apply to {spec.label}.\n{report.summary()}")
+        return bound
 
     def adapter(self, base, path: str):
         """The adapter bound to `base` in the model dtype, read once per (file, mtime, size); every key applies."""
@@ -148,11 +205,7 @@ class ZImage(Family):
         with base.lock:
             bound = base.bound.get(key)
             if bound is None:
-                bound = bind_lora(path, base.spec, base.patcher.components)
-                report = bound.report
-                if report.applied_keys != report.total_keys:
-                    raise LoraError(f"Training adapter {os.path.basename(path)}: only {report.applied_keys} of its "
-                                    f"{report.total_keys} keys apply to {base.spec.label}.\n{report.summary()}")
+                bound = self._checked(bind_lora(path, base.spec, base.patcher.components), path, base.spec)
                 bound = base.bound[key] = _in_dtype(bound, base.dtype)
             return bound
 

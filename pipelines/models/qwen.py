@@ -29,17 +29,26 @@ QWEN_CONFIG = MappingProxyType({
 })
 # Every preset: `quantize: true`, `quantize_te: true`, `qtype: qfloat8` (options.tsx; jobConfig.ts qtype_te
 # qfloat8). The transformer goes through `quantize_model` (block by block over `transformer_blocks`, no exclusions:
-# QwenImageModel has no `get_quantization_exclude_modules`), the text encoder through a plain `quantize` (its
-# vision tower included for the edit models; removed before that for Qwen-Image). The presets' optional
-# "3 bit with ARA" (uint3 + accuracy-recovery adapter, torchao) is not reproduced (`quantize.py` refuses it).
-_QUANT = QuantSpec(preset="qfloat8", components=("transformer", "text_encoder"),
-                   rules=MappingProxyType({"transformer": QuantizeRule(blocks=("transformer_blocks",))}))
+# QwenImageModel has no `get_quantization_exclude_modules`), the text encoder through a plain `quantize` with
+# `qtype_te` (its vision tower included for the edit models; removed before that for Qwen-Image). The presets'
+# "3 bit with ARA" / "4 bit with ARA" (`accuracyRecoveryAdapters`: uintN + the ostris/accuracy_recovery_adapters file
+# of that model) and the UI's plain uint2..uint7 are reproduced too (quantize/ara.py, quantize/uintx.py).
+UINTX = tuple(f"uint{bits}" for bits in range(2, 8))
+ARA_REPO = "ostris/accuracy_recovery_adapters"
+
+
+def _quant(*adapters):
+    return QuantSpec(preset="qfloat8", components=("transformer", "text_encoder"), te_components=("text_encoder",),
+                     rules=MappingProxyType({"transformer": QuantizeRule(blocks=("transformer_blocks",))}),
+                     qtypes=tuple(f"{a.split('_torchao_')[1].split('.')[0]}|{ARA_REPO}/{a}" for a in adapters) + UINTX)
+
+
 _LORA = LoraLayout(peft_prefixes=MappingProxyType({"diffusion_model": "transformer", "transformer": "transformer"}))
 COMMON = dict(
     family="qwen", defaults=SampleDefaults(steps=30, guidance_scale=4.0, width=1024, height=1024),
     scheduler=SchedulerSpec("flowmatch", QWEN_CONFIG, arch="flow"), lora=_LORA,
     size=SizeRule(divisor=8, minimum=64, pipeline_divisor=32), guidance=GuidanceSpec("true_cfg", threshold=1.0),
-    quant=_QUANT, preview=latent_formats.WAN21, base_versions=("qwen_image",),
+    preview=latent_formats.WAN21, base_versions=("qwen_image",),
     compatible_pipelines=("QwenImagePipeline", "QwenImageEditPipeline", "QwenImageEditPlusPipeline"))
 
 _EDIT_IMAGE = ("the image to edit (ai-toolkit ctrl_img): the Qwen2.5-VL encoder sees it bilinear-resized to a "
@@ -58,24 +67,28 @@ _PLUS_NOTES = ("1-3 reference images, twice: in the Qwen2.5-VL prompt (bilinear 
 
 SPECS = (
     ModelSpec(id="qwen_image", label="Qwen-Image", base_repo="Qwen/Qwen-Image", pipeline_class="QwenImagePipeline",
-              workflow="Qwen-Image LoRA", notes=_T2I_NOTES, **COMMON),
+              workflow="Qwen-Image LoRA", notes=_T2I_NOTES, quant=_quant("qwen_image_torchao_uint3.safetensors"),
+              **COMMON),
     ModelSpec(id="qwen_image_2512", label="Qwen-Image-2512", base_repo="Qwen/Qwen-Image-2512",
               pipeline_class="QwenImagePipeline", workflow="Qwen-Image-2512 LoRA",
               notes="ai-toolkit's qwen_image:2512 preset: QwenImageModel on the 2512 weights; " + _T2I_NOTES,
+              quant=_quant("qwen_image_2512_torchao_uint3.safetensors", "qwen_image_2512_torchao_uint4.safetensors"),
               **COMMON),
     ModelSpec(id="qwen_image_edit", label="Qwen-Image-Edit", base_repo="Qwen/Qwen-Image-Edit",
               pipeline_class="QwenImageEditPipeline", variant="edit",
               controls=(ControlSlot("control_image", True, _EDIT_IMAGE),), workflow="Qwen-Image-Edit LoRA",
               notes="one control image, in the Qwen2.5-VL prompt (bilinear 1024² area, double 1/255 rescale) and as "
                     "VAE tokens (BILINEAR to the output size, then LANCZOS 1024² area); true CFG with the norm "
-                    "rescale (stock QwenImageEditPipeline); qfloat8 preset", **COMMON),
+                    "rescale (stock QwenImageEditPipeline); qfloat8 preset",
+              quant=_quant("qwen_image_edit_torchao_uint3.safetensors"), **COMMON),
     ModelSpec(id="qwen_image_edit_plus", label="Qwen-Image-Edit-2509", base_repo="Qwen/Qwen-Image-Edit-2509",
               pipeline_class="QwenImageEditPlusPipeline", variant="edit_plus", controls=_PLUS_CONTROLS,
-              workflow="Qwen-Image-Edit-2509 LoRA", notes=_PLUS_NOTES, options=QwenEditOptions(), **COMMON),
+              workflow="Qwen-Image-Edit-2509 LoRA", notes=_PLUS_NOTES, options=QwenEditOptions(),
+              quant=_quant("qwen_image_edit_2509_torchao_uint3.safetensors"), **COMMON),
     ModelSpec(id="qwen_image_edit_plus_2511", label="Qwen-Image-Edit-2511", base_repo="Qwen/Qwen-Image-Edit-2511",
               pipeline_class="QwenImageEditPlusPipeline", variant="edit_plus", controls=_PLUS_CONTROLS,
               workflow="Qwen-Image-Edit-2511 LoRA",
               notes="ai-toolkit's qwen_image_edit_plus:2511 preset: QwenImageEditPlusModel on the 2511 weights (its "
                     "transformer config's zero_cond_t is read by Diffusers); " + _PLUS_NOTES,
-              options=QwenEditOptions(), **COMMON),
+              options=QwenEditOptions(), quant=_quant("qwen_image_edit_2511_torchao_uint3.safetensors"), **COMMON),
 )

@@ -24,8 +24,10 @@ _TRANSFORMER_RULE = QuantizeRule(exclude=("t_embedder*", "cap_embedder*", "all_x
                                           "siglip_embedder*"), blocks=("layers",))
 # `quantize` → the transformer at load (qtype qfloat8); `quantize_te` → `quantize(text_encoder, qtype_te)`, whole.
 # The Turbo preset's training adapter makes ai-toolkit quantize after merging it, with torchao "float8" instead
-# (`load_model`: qfloat8 → float8): not reproduced, so the adapter needs quantization "none" (families/zimage.py).
-_QUANT = QuantSpec(preset="qfloat8", components=("transformer", "text_encoder"),
+# (`load_model`: qfloat8 → float8; `quantize_model` with the same block list and exclusions, every Linear handed to
+# torchao's `quantize_`), the text encoder still with `qtype_te` qfloat8: families/zimage.py `base_for` loads that
+# base (quantize/torchao.py; needs the torchao package).
+_QUANT = QuantSpec(preset="qfloat8", components=("transformer", "text_encoder"), te_components=("text_encoder",),
                    rules=MappingProxyType({"transformer": _TRANSFORMER_RULE}))
 _COMMON = dict(
     family="zimage", pipeline_class="ZImagePipeline",

@@ -20,6 +20,12 @@ What ai-toolkit 0.12.26 (27a03a91) does, and so what `quantize_component` does:
 Which modules, which exclusions and which block lists are family data: pass them as a `QuantizeRule`. optimum-quanto
 is optional: it is imported only here, inside functions, and its absence is a `QuantizationError` saying what to
 install. Nothing else in the pack imports it.
+
+The other backends ai-toolkit's `get_qtype` resolves, through the same passes: `uint2`..`uint7` (ai-toolkit's own
+UIntX quantizer: uintx.py), `uintN|org/repo/file.safetensors` (uintN with an accuracy-recovery adapter: ara.py) and
+`float8` (torchao's Float8WeightOnlyConfig: torchao.py, optional like optimum-quanto). Which of them a model offers
+is registry data (`QuantSpec.qtypes`); the text encoders a preset quantizes with `qtype_te` (`QuantSpec.
+te_components`) always get ai-toolkit's default `qtype_te`, qfloat8 (`QuantSpec.qtype_for`).
 """
 from __future__ import annotations
 
@@ -29,7 +35,9 @@ from fnmatch import fnmatch
 
 import torch
 
-from .errors import QuantizationError
+from ..errors import QuantizationError
+from . import torchao as ao
+from . import uintx
 
 PACKAGE = "optimum-quanto"
 INSTALL = "pip install \"optimum-quanto>=0.2.4\""  # 0.2.4 is what ai-toolkit's requirements pin
@@ -38,14 +46,16 @@ INSTALL = "pip install \"optimum-quanto>=0.2.4\""  # 0.2.4 is what ai-toolkit's 
 # the optimum-quanto qtype name (`toolkit/util/quantize.py:get_qtype` falls through to `optimum.quanto.qtypes`).
 QTYPES = {"qfloat8": "qfloat8"}
 
+# Reproduced here with other backends (see the module docstring).
+REPRODUCED = (*uintx.BITS, *ao.QTYPES)
+
 # The UI's other choices go to other backends (`get_qtype`): torchao, or ai-toolkit's own quantizers.
 OTHER_BACKENDS = {
-    "float8": "torchao Float8WeightOnlyConfig",
     **{name: "ai-toolkit's convrot quantizer" for name in ("convrot8", "convrot4", "convrotint7", "convrotint6",
                                                            "convrotint5", "convrotint4", "convrotint3", "convrotint2",
                                                            "convrotbitnet")},
     "nvfp4": "ai-toolkit's nvfp4 quantizer",
-    **{f"uint{bits}": "ai-toolkit's UIntX quantizer" for bits in range(2, 8)},
+    "int8": "torchao Int8WeightOnlyConfig",
 }
 
 
@@ -65,6 +75,7 @@ class QuantizeReport:
     qtype: str
     quantized: list = field(default_factory=list)   # module names (from the component root) now quantized
     failed: dict = field(default_factory=dict)      # module name -> error, left unquantized as ai-toolkit does
+    adapted: list = field(default_factory=list)     # module names carrying an accuracy-recovery adapter
 
 
 def require_quanto():
@@ -79,22 +90,37 @@ def require_quanto():
     return quanto
 
 
+def split_qtype(name: str) -> tuple[str, str | None]:
+    """(qtype, accuracy-recovery adapter or None): ai-toolkit's `ModelConfig` splits `qtype` at "|"."""
+    base, _, adapter = name.partition("|")
+    return base, (adapter or None)
+
+
 def resolve_qtype(name: str):
-    """The optimum-quanto qtype for an ai-toolkit qtype name."""
-    if name in QTYPES:
-        return require_quanto().qtypes[QTYPES[name]]
-    base = name.split("|", 1)[0]
-    if "|" in name:
-        why = f"it has an accuracy-recovery adapter ({name.split('|', 1)[1]}), which is not reproduced yet"
-    elif base in OTHER_BACKENDS:
-        why = f"ai-toolkit quantizes it with {OTHER_BACKENDS[base]}, which is not reproduced yet"
-    else:
-        why = "ai-toolkit does not offer it"
-    raise QuantizationError(f"qtype {name!r} is not supported: {why}. Supported: {', '.join(QTYPES)}.")
+    """The optimum-quanto qtype for an ai-toolkit qtype name; for the other reproduced backends, the name itself
+    (after checking that torchao is importable for float8). Refuses what the pack does not reproduce."""
+    base, adapter = split_qtype(name)
+    if adapter is not None and base not in uintx.BITS:
+        raise QuantizationError(f"qtype {name!r} is not supported: ai-toolkit pairs accuracy-recovery adapters with "
+                                f"uint2..uint7 only. Supported: {', '.join((*QTYPES, *REPRODUCED))}.")
+    if adapter is None and base in QTYPES:
+        return require_quanto().qtypes[QTYPES[base]]
+    if base in uintx.BITS:
+        return name
+    if base in ao.QTYPES:
+        ao.require_torchao()
+        return name
+    why = (f"ai-toolkit quantizes it with {OTHER_BACKENDS[base]}, which is not reproduced yet"
+           if base in OTHER_BACKENDS else "ai-toolkit does not offer it")
+    raise QuantizationError(f"qtype {name!r} is not supported: {why}. Supported: "
+                            f"{', '.join((*QTYPES, *REPRODUCED))}.")
 
 
 def is_quantized(module: torch.nn.Module) -> bool:
-    """Whether `module` is an optimum-quanto Q-module. Never imports quanto: nothing is quantized without it."""
+    """Whether `module` is a quantized layer (optimum-quanto, uintX, torchao) or carries an accuracy-recovery
+    adapter. Never imports quanto or torchao: nothing is quantized with them without it."""
+    if isinstance(module, uintx.AdaptedLinear) or ao.is_quantized(module):
+        return True
     quanto = sys.modules.get("optimum.quanto")
     return quanto is not None and isinstance(module, quanto.QModuleMixin)
 
@@ -124,22 +150,53 @@ def _quantize_pass(quanto, root, qtype, include, exclude, prefix: str, report: Q
         report.quantized.append(prefix + name)
 
 
+def _convert_pass(root, convert, include, exclude, prefix: str, report: QuantizeReport) -> None:
+    """ai-toolkit's `quantize` loop for the ostris (uintX) and torchao backends: every selected `nn.Linear`."""
+    for name, module in list(root.named_modules()):
+        if not name or not _selected(name, include, exclude) or not isinstance(module, torch.nn.Linear):
+            continue
+        if convert(module):
+            report.quantized.append(prefix + name)
+
+
 def quantize_component(module: torch.nn.Module, qtype: str = "qfloat8", dtype: torch.dtype | None = None,
                        rule: QuantizeRule = QuantizeRule()) -> QuantizeReport:
     """Quantize `module` in place as ai-toolkit does: cast to `dtype` (the sampling dtype) first, quantize the
-    modules `rule` selects with optimum-quanto, freeze, `requires_grad_(False)`. The root itself is never replaced:
-    pass a container (a model), not a bare layer."""
-    quanto = require_quanto()
+    modules `rule` selects with the qtype's backend, freeze, `requires_grad_(False)`. The root itself is never
+    replaced: pass a container (a model), not a bare layer."""
+    base, adapter = split_qtype(qtype)
     weights = resolve_qtype(qtype)
+    quanto = require_quanto() if base in QTYPES else None
     if dtype is not None:
         module.to(dtype=dtype)
     report = QuantizeReport(qtype)
     with torch.no_grad():
-        for path in rule.blocks:
-            for index, block in enumerate(module.get_submodule(path)):
-                _quantize_pass(quanto, block, weights, None, rule.exclude, f"{path}.{index}.", report)
-                quanto.freeze(block)
-        _quantize_pass(quanto, module, weights, rule.include, rule.exclude, "", report)
-        quanto.freeze(module)
+        if adapter is not None:
+            from .ara import apply_adapter
+
+            apply_adapter(module, adapter, uintx.BITS[base], dtype, report)
+        elif quanto is None:
+            if base in uintx.BITS:
+                def convert(m):
+                    return uintx.quantize_linear(m, uintx.BITS[base])
+            else:
+                if not rule.blocks:
+                    raise QuantizationError(f"qtype {qtype}: ai-toolkit's torchao path is reproduced for models it "
+                                            "quantizes block by block (quantize_model) only.")
+                cfg = ao.config(base)
+
+                def convert(m):
+                    return ao.quantize_linear(m, cfg)
+            for path in rule.blocks:
+                for index, block in enumerate(module.get_submodule(path)):
+                    _convert_pass(block, convert, None, rule.exclude, f"{path}.{index}.", report)
+            _convert_pass(module, convert, rule.include, rule.exclude, "", report)
+        else:
+            for path in rule.blocks:
+                for index, block in enumerate(module.get_submodule(path)):
+                    _quantize_pass(quanto, block, weights, None, rule.exclude, f"{path}.{index}.", report)
+                    quanto.freeze(block)
+            _quantize_pass(quanto, module, weights, rule.include, rule.exclude, "", report)
+            quanto.freeze(module)
     module.requires_grad_(False)
     return report
