@@ -72,9 +72,19 @@ def handle(roots, dtype, loras=(), model="ltx2", quantization="none"):
 _RENDERS: dict = {}
 
 
+def _hashable(value):
+    """A memo key part: control images by their mode, size and pixels."""
+    if isinstance(value, tuple):
+        return tuple(_hashable(v) for v in value)
+    if hasattr(value, "tobytes") and hasattr(value, "mode"):
+        return ("image", value.mode, value.size, value.tobytes())
+    return value
+
+
 def render(roots, dtype, loras=(), model="ltx2", prompt=PROMPT, quantization="none", **values):
     """The library's render (memoized per arguments: several tests compare against the same one)."""
-    key = (dtype, tuple(loras), model, prompt, quantization, tuple(sorted(values.items())))
+    key = (dtype, tuple(loras), model, prompt, quantization,
+           tuple(sorted((k, _hashable(v)) for k, v in values.items())))
     if key not in _RENDERS:
         h = handle(roots, dtype, loras, model, quantization)
         request = engine.build_request(h.spec, prompt, **{**SMALL, "negative_prompt": NEGATIVE, **values})
@@ -86,7 +96,7 @@ _PARTS: dict = {}
 
 
 def reference(models, dtype, strength=None, model="ltx2", prompt=PROMPT, negative=NEGATIVE, quantized=False,
-              **values):
+              image=None, crf=ref.IMAGE_CRF, **values):
     v = dict(SMALL, **values)
     parts = ref.load_parts(str(models / "diffusers" / f"tiny-{model}"), DTYPES[dtype], v23=model == "ltx2.3")
     if quantized:  # the preset: qfloat8 transformer and Gemma 3, the LoRA as ai-toolkit's unmerged fp32 branch
@@ -102,7 +112,7 @@ def reference(models, dtype, strength=None, model="ltx2", prompt=PROMPT, negativ
         else:
             assert ref.merge(parts, sd, strength) == len(sd) // 2
     return ref.preview(parts, prompt, negative, v["seed"], v["steps"], v["guidance_scale"], v["width"],
-                       v["height"], v["num_frames"], DTYPES[dtype])
+                       v["height"], v["num_frames"], DTYPES[dtype], image=image, crf=crf)
 
 
 def same_audio(out, want_wave, want_rate):
@@ -266,19 +276,6 @@ def test_qfloat8_preset_with_branch_lora(models, roots, dtype):
     assert levels(out.frames, plain.frames) > 0
 
 
-def test_control_image_is_refused_not_ignored(roots):
-    """ai-toolkit previews a sample with ctrl_img through LTX2ImageToVideoPipeline, which this pack does not
-    reproduce yet: a connected image is an error that says so, not a silently different text-to-video preview."""
-    from PIL import Image
-
-    from aitk_pack.pipelines.errors import ControlImageError
-
-    h = handle(roots, "fp32")
-    request = engine.build_request(h.spec, PROMPT, controls=(Image.new("RGB", (64, 64)),), **SMALL)
-    with pytest.raises(ControlImageError, match="disconnect control_image"):
-        engine.render(h, request)
-
-
 def test_live_preview_unpacks_the_middle_latent_frame():
     """The sampler's packed video tokens [1, F*h*w, 128] → the middle latent frame [128, h, w] (ComfyUI's LTXV
     factors)."""
@@ -309,3 +306,90 @@ def test_layers_outside_the_blocks_under_their_original_names(roots):
     original = render(roots, "fp32", loras=[("ltx2_outside_original.safetensors", 1.0)])
     same(original.frames, render(roots, "fp32", loras=[("ltx2_outside_diffusers.safetensors", 1.0)]).frames)
     assert levels(original.frames, render(roots, "fp32").frames) > 0
+
+
+# ---- image-to-video (ai-toolkit's ctrl_img: LTX2ImageToVideoPipeline) ------------------------------------------------
+
+def control_image(mode="RGB", size=(64, 64)):
+    """A deterministic picture with structure (gradients and a block), in `mode` and `size`."""
+    from PIL import Image
+
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) * 127 // max(w + h - 2, 1)], -1)
+    rgb[h // 4: h // 2, w // 3: 2 * w // 3] = (250, 30, 200)
+    image = Image.fromarray(rgb.astype(np.uint8), "RGB")
+    if mode == "RGBA":
+        alpha = Image.fromarray(((x * 7 + y * 3) % 256).astype(np.uint8), "L")
+        image = image.convert("RGBA")
+        image.putalpha(alpha)
+        return image
+    return image.convert(mode)
+
+
+IMAGE = control_image()
+
+
+@pytest.mark.parametrize("model,dtype,strength", [("ltx2", "fp32", None), ("ltx2", "bf16", None),
+                                                  ("ltx2", "fp32", 0.6), ("ltx2", "bf16", 0.6),
+                                                  ("ltx2.3", "fp32", None), ("ltx2.3", "fp32", 0.6)])
+def test_image_to_video_matches_reference(models, roots, model, dtype, strength):
+    """A control image: LTX2ImageToVideoPipeline as ai-toolkit calls it (image only: the H.264 CRF 33 round trip,
+    the VAE mode latent as frame 0, per-token timesteps 0 there, Euler on the other frames), frames and audio bit
+    for bit against the hand-written loop; the image changes the video."""
+    loras = [(LORA[model], strength)] if strength is not None else []
+    out = render(roots, dtype, loras=loras, model=model, controls=(IMAGE,))
+    assert out.frames.shape == (9, 64, 64, 3)
+    assert any("image-to-video" in n and "CRF 33" in n for n in out.notes), out.notes
+    frames, wave, rate = reference(models, dtype, strength=strength, model=model, image=IMAGE)
+    same(out.frames, frames)
+    same_audio(out, wave, rate)
+    t2v = render(roots, dtype, loras=loras, model=model)
+    print(f"\n{model} {dtype} LoRA {strength}: image-to-video vs text-to-video: {levels(out.frames, t2v.frames)} "
+          "levels")
+    assert levels(out.frames, t2v.frames) > 5, "the control image should change the video"
+    if strength is not None:
+        assert levels(out.frames, render(roots, dtype, model=model, controls=(IMAGE,)).frames) > 5, \
+            "the LoRA should change the image-to-video preview"
+
+
+def test_image_to_video_odd_image_as_ai_toolkit(models, roots):
+    """An RGBA image of odd size: `convert("RGB")` (alpha dropped, not composited) and a LANCZOS resize to the
+    floored size, as generate_single_image does with the opened ctrl_img."""
+    odd = control_image("RGBA", (50, 37))
+    out = render(roots, "fp32", controls=(odd,), width=100, height=72)  # -> 96x64
+    assert out.frames.shape == (9, 64, 96, 3)
+    frames, wave, rate = reference(models, "fp32", image=odd, width=96, height=64)
+    same(out.frames, frames)
+    same_audio(out, wave, rate)
+    gray = control_image("L", (50, 37))
+    same(render(roots, "fp32", controls=(gray.convert("RGB"),)).frames,
+         render(roots, "fp32", controls=(gray,)).frames)
+
+
+def test_image_crf_round_trip_measured(models, roots):
+    """ai-toolkit passes no image_crf, so the pipeline's 33 applies: skipping the H.264 round trip (image_crf=0)
+    renders a different preview; the difference is printed."""
+    out = render(roots, "fp32", controls=(IMAGE,))
+    no_crf, wave, _ = reference(models, "fp32", image=IMAGE, crf=0)
+    pixels = np.asarray(IMAGE)
+    trip = ref.h264_round_trip(pixels, ref.IMAGE_CRF)
+    print(f"\nltx2 fp32 image-to-video: image_crf 0 instead of 33: {levels(out.frames, no_crf)} levels (frames), "
+          f"audio up to {np.abs(out.audio.waveform - wave).max():.3g}; the round trip moves the image by "
+          f"{levels(pixels, trip)} levels")
+    assert levels(pixels, trip) > 0
+    assert levels(out.frames, no_crf) > 0
+
+
+def test_image_to_video_without_av_is_an_error(roots, monkeypatch):
+    """Without PyAV the H.264 round trip cannot run: an error naming av and the fix, before anything renders; the
+    cached pipeline then renders the same preview."""
+    from aitk_pack.pipelines.errors import ControlImageError
+
+    h = handle(roots, "fp32")
+    request = engine.build_request(h.spec, PROMPT, **{**SMALL, "negative_prompt": NEGATIVE, "controls": (IMAGE,)})
+    with monkeypatch.context() as patch:
+        patch.setitem(__import__("sys").modules, "av", None)
+        with pytest.raises(ControlImageError, match="pip install av"):
+            engine.render(h, request)
+    same(engine.render(h, request).frames, render(roots, "fp32", controls=(IMAGE,)).frames)
