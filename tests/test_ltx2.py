@@ -393,3 +393,21 @@ def test_image_to_video_without_av_is_an_error(roots, monkeypatch):
         with pytest.raises(ControlImageError, match="pip install av"):
             engine.render(h, request)
     same(engine.render(h, request).frames, render(roots, "fp32", controls=(IMAGE,)).frames)
+
+
+def test_node_control_image_renders_image_to_video(models, roots, monkeypatch):
+    """AIToolkitSample with an IMAGE on control_image (LoadImage -> control_image) renders the library's
+    image-to-video preview; without it, text-to-video."""
+    from tests.conftest import pack
+
+    monkeypatch.setenv("AITK_MODELS_DIR", str(models))
+    mapping = pack.NODE_CLASS_MAPPINGS
+    (h,) = mapping["LoadAIToolkitPipeline"]().load(model="ltx2", base="tiny-ltx2", dtype="fp32", device="cpu",
+                                                   quantization="none")
+    comfy = torch.from_numpy(np.asarray(IMAGE).astype(np.float32) / 255.0)[None]
+    image, _video, audio = mapping["AIToolkitSample"]().sample(
+        pipeline=h, prompt=PROMPT, negative_prompt=NEGATIVE, trigger_word="", width=64, height=64, seed=7, steps=2,
+        guidance_scale=4.0, num_frames=9, fps=24, control_image=comfy)
+    want = render(roots, "fp32", controls=(IMAGE,))
+    assert np.array_equal(np.rint(image.numpy() * 255).astype(np.uint8), want.frames)
+    assert np.array_equal(audio["waveform"][0].numpy(), want.audio.waveform)
