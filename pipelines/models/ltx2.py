@@ -52,7 +52,8 @@ SPECS = (
         notes="LTX2Pipeline with the pipeline's own guidance defaults (CFG + STG on block 28 + modality isolation, "
               "rescale 0.7, audio guidance 7: three transformer calls per step); 121 frames 8k+1, audio at the "
               "vocoder rate; fps only sets the file's rate (the pipeline runs at 24); preset quantizes the "
-              "transformer and the Gemma 3 (qfloat8)",
+              "transformer and the Gemma 3 (qfloat8); a control image: LTX2ImageToVideoPipeline (first frame, "
+              "H.264 CRF 33 round trip through av)",
         **LTX2_COMMON),
     ModelSpec(
         id="ltx2.3", label="LTX-2.3", base_repo="Lightricks/LTX-2.3", variant="2.3", workflow="LTX-2.3 LoRA",

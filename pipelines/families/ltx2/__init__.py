@@ -1,4 +1,5 @@
-"""LTX-2 and LTX-2.3 text-to-video with audio: previews as ai-toolkit renders them, through Diffusers' `LTX2Pipeline`.
+"""LTX-2 and LTX-2.3 text- and image-to-video with audio: previews as ai-toolkit renders them, through Diffusers'
+`LTX2Pipeline` (no control image) or `LTX2ImageToVideoPipeline` (a control image: ai-toolkit's `ctrl_img`).
 
 What ai-toolkit 0.12.26 (27a03a91) does (`extensions_built_in/diffusion_models/ltx2/ltx2.py:LTX2Model`,
 `LTX23Model`; `toolkit/models/base_model.py:BaseModel.generate_images`), and so what this does:
@@ -19,9 +20,12 @@ What ai-toolkit 0.12.26 (27a03a91) does (`extensions_built_in/diffusion_models/l
   fps only sets the mp4's rate. 2.0 passes nothing else, so the pipeline's defaults hold (STG 1 on block 28,
   modality 3, rescale 0.7, audio guidance 7 / STG 1 / modality 3, cross timesteps); 2.3 sets the same values
   explicitly plus `audio_guidance_rescale` 0.7 (`LTX2_3_GUIDANCE`). Noise: the fp32 video latents, then the audio
-  latents, from the one CPU generator. The video is `round(x*255)`; the audio `audio[0].float()` [2, T] at
-  `vocoder.config.output_sampling_rate`, which ai-toolkit writes into the mp4 (int16 AAC). One frame: an image,
-  no audio.
+  latents, from the one CPU generator. With a `ctrl_img`, `LTX2ImageToVideoPipeline` over the same parts and
+  scheduler, the image `convert("RGB")` and LANCZOS-resized to the floored size, passed as `image` and nothing else:
+  so the pipeline's `image_crf` default (33 for a Gemma 3 encoder) re-encodes it as one H.264 frame through PyAV
+  (`av`, checked before anything runs) before its VAE encode. The video is `round(x*255)`; the audio
+  `audio[0].float()` [2, T] at `vocoder.config.output_sampling_rate`, which ai-toolkit writes into the mp4 (int16
+  AAC). One frame: an image, no audio.
 
 LoRA names: `diffusion_model.transformer_blocks.N.<Diffusers path>` (`convert_lora_diffusers_to_original` is an
 identity on the block Linears), peft `lora_A`/`lora_B`, no alpha; merged at the node's strength on the first run.
