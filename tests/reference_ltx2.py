@@ -26,6 +26,17 @@ generate_images`, and the loop of Diffusers 0.42.1 `LTX2Pipeline.__call__`, whic
 - decode: video tokens unpacked, cast to the dtype, `z * std + mean`, VAE decode, `(x * 0.5 + 0.5).clamp(0, 1)`,
   `round(x * 255)`; audio tokens `z * std + mean`, unpacked to `[1, Ca, L, M/4]`, audio VAE decode to a mel, vocoder:
   the waveform `[2, T]` at the vocoder's `output_sampling_rate`.
+
+Image-to-video (a sample with `ctrl_img`: ai-toolkit switches to `LTX2ImageToVideoPipeline` and passes only `image`):
+- the image `convert("RGB")`, resized with LANCZOS to the floored size; then (no `image_crf` passed: the Gemma 3
+  default 33) one H.264 frame through PyAV: libx264 `crf` 33 `preset` veryfast, rate 1, rgb24 -> yuv420p, the first
+  decoded frame back as rgb24; `/255`, `2x - 1`, `[1, 3, 1, H, W]` in the dtype;
+- the video VAE's latent mode (`argmax`, no generator draw), fp32, `(z - mean) / std` (scaling 1), repeated over
+  the latent frames; latent frame 0 is the image, the rest the same fp32 noise as text-to-video (drawn from the
+  generator first, then the audio noise), packed;
+- each transformer call gets the video timestep per token `t * (1 - mask)` (0 on the image's tokens), the audio
+  timestep and `sigma` the plain `t`; guidance and rescale as above over all tokens; Euler on latent frames 1..
+  only, frame 0 kept as it is.
 """
 from __future__ import annotations
 
@@ -113,9 +124,47 @@ def _rescale(guided, plain, factor):
     return factor * rescaled + (1 - factor) * guided
 
 
+IMAGE_CRF = 33  # LTX2ImageToVideoPipeline's image_crf for a Gemma 3 encoder (ai-toolkit passes none)
+
+
+def h264_round_trip(rgb: np.ndarray, crf: int) -> np.ndarray:
+    """One RGB uint8 frame encoded as a one-frame H.264 mp4 at `crf` and decoded back (ltx-pipelines' preprocess)."""
+    import io
+
+    import av
+
+    h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=1, options={"crf": str(crf), "preset": "veryfast"})
+        stream.height, stream.width = h, w
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:h, :w]), format="rgb24").reformat(
+            format="yuv420p")
+        for packet in list(stream.encode(frame)) + list(stream.encode()):
+            out.mux(packet)
+    buffer.seek(0)
+    with av.open(buffer) as inp:
+        decoded = next(inp.decode(video=0))
+        return decoded.to_ndarray(format="rgb24")
+
+
+def image_latents(vae, image, width: int, height: int, dtype, crf: int = IMAGE_CRF) -> torch.Tensor:
+    """The control image -> its normalized fp32 VAE latent [1, C, 1, h, w] (mode of the posterior)."""
+    from PIL import Image
+
+    pixels = np.asarray(image.convert("RGB").resize((width, height), Image.LANCZOS))
+    if crf:
+        pixels = h264_round_trip(pixels, crf)
+    x = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)[None] * 2.0 - 1.0
+    z = vae.encode(x[:, :, None].to(dtype)).latent_dist.mode().float()
+    mean, std = (b.view(1, -1, 1, 1, 1).float() for b in (vae.latents_mean, vae.latents_std))
+    return (z - mean) / std
+
+
 def preview(parts: dict, prompt: str, negative: str, seed: int, steps: int, guidance: float, width: int,
-            height: int, frames: int, dtype):
-    """(uint8 frames [F, H, W, 3], float32 waveform [2, T] or None, sample rate) as ai-toolkit's LTX-2 preview."""
+            height: int, frames: int, dtype, image=None, crf: int = IMAGE_CRF):
+    """(uint8 frames [F, H, W, 3], float32 waveform [2, T] or None, sample rate) as ai-toolkit's LTX-2 preview;
+    with `image` (a PIL image, any mode and size) its image-to-video preview."""
     width, height = (max(64, s - s % 8) for s in (width, height))
     width, height = width - width % SIZE, height - height % SIZE
     if frames != 1 and (frames - 1) % 8:
@@ -132,7 +181,12 @@ def preview(parts: dict, prompt: str, negative: str, seed: int, steps: int, guid
         f, h, w = (frames - 1) // 8 + 1, height // SIZE, width // SIZE
         channels = tr.config.in_channels
         noise = torch.randn((1, channels, f, h, w), generator=gen, dtype=torch.float32)
+        keep = torch.zeros(f * h * w, dtype=torch.bool)  # the tokens of the image's latent frame (I2V)
+        if image is not None:
+            noise[:, :, 0] = image_latents(vae, image, width, height, dtype, crf)[:, :, 0]
+            keep[: h * w] = True
         latents = noise.permute(0, 2, 3, 4, 1).reshape(1, f * h * w, channels)
+        token_t = (~keep).float()  # per-token video timestep factor (1 - conditioning mask)
         sr, hop = avae.config.sample_rate, avae.config.mel_hop_length
         audio_len = round(frames / FPS * (sr / hop / 4.0))
         mel_latent = avae.config.mel_bins // 4
@@ -148,8 +202,10 @@ def preview(parts: dict, prompt: str, negative: str, seed: int, steps: int, guid
         def run(x, a, t, text_v, text_a, mask, vc, ac, isolate=False, stg=None):
             n = x.shape[0]
             ts = (t * 1000).expand(n)
+            video_ts = ts[:, None] * token_t[None] if image is not None else ts
             v, va = tr(hidden_states=x.to(dtype), audio_hidden_states=a.to(dtype), encoder_hidden_states=text_v,
-                       audio_encoder_hidden_states=text_a, timestep=ts, sigma=ts, encoder_attention_mask=mask,
+                       audio_encoder_hidden_states=text_a, timestep=video_ts, audio_timestep=ts, sigma=ts,
+                       encoder_attention_mask=mask,
                        audio_encoder_attention_mask=mask, num_frames=f, height=h, width=w, fps=FPS,
                        audio_num_frames=audio_len, video_coords=vc, audio_coords=ac, isolate_modalities=isolate,
                        spatio_temporal_guidance_blocks=stg, perturbation_mask=None, use_cross_timestep=True,
@@ -179,7 +235,8 @@ def preview(parts: dict, prompt: str, negative: str, seed: int, steps: int, guid
             ad_mod = (g["audio_modality"] - 1) * (ax0 - (audio - am * s))
             x0g = _rescale(x0 + d_cfg + d_stg + d_mod, x0, g["rescale"])
             ax0g = _rescale(ax0 + ad_cfg + ad_stg + ad_mod, ax0, g["audio_rescale"])
-            latents = latents + (s_next - s) * ((latents - x0g) / s)
+            stepped = latents + (s_next - s) * ((latents - x0g) / s)
+            latents = torch.where(keep[None, :, None], latents, stepped)  # I2V: the image frame is never stepped
             audio = audio + (s_next - s) * ((audio - ax0g) / s)
 
         z = latents.reshape(1, f, h, w, channels).permute(0, 4, 1, 2, 3).to(dtype)

@@ -4,7 +4,9 @@ CFG + STG + modality isolation + rescale + audio guidance, the dynamic-shift sch
 padding), fp32 and bf16 on CPU, for the base and ai-toolkit's saved LoRA layout
 (`diffusion_model.transformer_blocks.N…`, every key applied) at strength 1 and 0.6 on the first run; frame counts
 snapped to 8k+1 (down), sizes floored to 32, fps setting the video's rate but not the pixels or the audio, and 2.3's
-explicit guidance (its tiny transformer has 29 blocks, so STG at block 28 perturbs it)."""
+explicit guidance (its tiny transformer has 29 blocks, so STG at block 28 perturbs it). Image-to-video (a control
+image: ai-toolkit's `LTX2ImageToVideoPipeline` with the LANCZOS-resized RGB image and the pipeline's CRF 33 H.264 round
+trip) the same way, through the library and the node, with the cost of skipping the round trip printed."""
 from __future__ import annotations
 
 import numpy as np
@@ -72,9 +74,19 @@ def handle(roots, dtype, loras=(), model="ltx2", quantization="none"):
 _RENDERS: dict = {}
 
 
+def _hashable(value):
+    """A memo key part: control images by their mode, size and pixels."""
+    if isinstance(value, tuple):
+        return tuple(_hashable(v) for v in value)
+    if hasattr(value, "tobytes") and hasattr(value, "mode"):
+        return ("image", value.mode, value.size, value.tobytes())
+    return value
+
+
 def render(roots, dtype, loras=(), model="ltx2", prompt=PROMPT, quantization="none", **values):
     """The library's render (memoized per arguments: several tests compare against the same one)."""
-    key = (dtype, tuple(loras), model, prompt, quantization, tuple(sorted(values.items())))
+    key = (dtype, tuple(loras), model, prompt, quantization,
+           tuple(sorted((k, _hashable(v)) for k, v in values.items())))
     if key not in _RENDERS:
         h = handle(roots, dtype, loras, model, quantization)
         request = engine.build_request(h.spec, prompt, **{**SMALL, "negative_prompt": NEGATIVE, **values})
@@ -86,7 +98,7 @@ _PARTS: dict = {}
 
 
 def reference(models, dtype, strength=None, model="ltx2", prompt=PROMPT, negative=NEGATIVE, quantized=False,
-              **values):
+              image=None, crf=ref.IMAGE_CRF, **values):
     v = dict(SMALL, **values)
     parts = ref.load_parts(str(models / "diffusers" / f"tiny-{model}"), DTYPES[dtype], v23=model == "ltx2.3")
     if quantized:  # the preset: qfloat8 transformer and Gemma 3, the LoRA as ai-toolkit's unmerged fp32 branch
@@ -102,7 +114,7 @@ def reference(models, dtype, strength=None, model="ltx2", prompt=PROMPT, negativ
         else:
             assert ref.merge(parts, sd, strength) == len(sd) // 2
     return ref.preview(parts, prompt, negative, v["seed"], v["steps"], v["guidance_scale"], v["width"],
-                       v["height"], v["num_frames"], DTYPES[dtype])
+                       v["height"], v["num_frames"], DTYPES[dtype], image=image, crf=crf)
 
 
 def same_audio(out, want_wave, want_rate):
@@ -266,19 +278,6 @@ def test_qfloat8_preset_with_branch_lora(models, roots, dtype):
     assert levels(out.frames, plain.frames) > 0
 
 
-def test_control_image_is_refused_not_ignored(roots):
-    """ai-toolkit previews a sample with ctrl_img through LTX2ImageToVideoPipeline, which this pack does not
-    reproduce yet: a connected image is an error that says so, not a silently different text-to-video preview."""
-    from PIL import Image
-
-    from aitk_pack.pipelines.errors import ControlImageError
-
-    h = handle(roots, "fp32")
-    request = engine.build_request(h.spec, PROMPT, controls=(Image.new("RGB", (64, 64)),), **SMALL)
-    with pytest.raises(ControlImageError, match="disconnect control_image"):
-        engine.render(h, request)
-
-
 def test_live_preview_unpacks_the_middle_latent_frame():
     """The sampler's packed video tokens [1, F*h*w, 128] → the middle latent frame [128, h, w] (ComfyUI's LTXV
     factors)."""
@@ -309,3 +308,118 @@ def test_layers_outside_the_blocks_under_their_original_names(roots):
     original = render(roots, "fp32", loras=[("ltx2_outside_original.safetensors", 1.0)])
     same(original.frames, render(roots, "fp32", loras=[("ltx2_outside_diffusers.safetensors", 1.0)]).frames)
     assert levels(original.frames, render(roots, "fp32").frames) > 0
+
+
+# ---- image-to-video (ai-toolkit's ctrl_img: LTX2ImageToVideoPipeline) ------------------------------------------------
+
+def control_image(mode="RGB", size=(64, 64)):
+    """A deterministic picture with structure (gradients and a block), in `mode` and `size`."""
+    from PIL import Image
+
+    w, h = size
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + y) * 127 // max(w + h - 2, 1)], -1)
+    rgb[h // 4: h // 2, w // 3: 2 * w // 3] = (250, 30, 200)
+    image = Image.fromarray(rgb.astype(np.uint8), "RGB")
+    if mode == "RGBA":
+        alpha = Image.fromarray(((x * 7 + y * 3) % 256).astype(np.uint8), "L")
+        image = image.convert("RGBA")
+        image.putalpha(alpha)
+        return image
+    return image.convert(mode)
+
+
+IMAGE = control_image()
+
+
+@pytest.mark.parametrize("model,dtype,strength", [("ltx2", "fp32", None), ("ltx2", "bf16", None),
+                                                  ("ltx2", "fp32", 0.6), ("ltx2", "bf16", 0.6),
+                                                  ("ltx2.3", "fp32", None), ("ltx2.3", "fp32", 0.6)])
+def test_image_to_video_matches_reference(models, roots, model, dtype, strength):
+    """A control image: LTX2ImageToVideoPipeline as ai-toolkit calls it (image only: the H.264 CRF 33 round trip,
+    the VAE mode latent as frame 0, per-token timesteps 0 there, Euler on the other frames), frames and audio bit
+    for bit against the hand-written loop; the image changes the video."""
+    loras = [(LORA[model], strength)] if strength is not None else []
+    out = render(roots, dtype, loras=loras, model=model, controls=(IMAGE,))
+    assert out.frames.shape == (9, 64, 64, 3)
+    assert any("image-to-video" in n and "CRF 33" in n for n in out.notes), out.notes
+    frames, wave, rate = reference(models, dtype, strength=strength, model=model, image=IMAGE)
+    same(out.frames, frames)
+    same_audio(out, wave, rate)
+    t2v = render(roots, dtype, loras=loras, model=model)
+    print(f"\n{model} {dtype} LoRA {strength}: image-to-video vs text-to-video: {levels(out.frames, t2v.frames)} "
+          "levels")
+    assert levels(out.frames, t2v.frames) > 5, "the control image should change the video"
+    if strength is not None:
+        assert levels(out.frames, render(roots, dtype, model=model, controls=(IMAGE,)).frames) > 5, \
+            "the LoRA should change the image-to-video preview"
+
+
+def test_image_to_video_odd_image_as_ai_toolkit(models, roots):
+    """An RGBA image of odd size: `convert("RGB")` (alpha dropped, not composited) and a LANCZOS resize to the
+    floored size, as generate_single_image does with the opened ctrl_img."""
+    odd = control_image("RGBA", (50, 37))
+    out = render(roots, "fp32", controls=(odd,), width=100, height=72)  # -> 96x64
+    assert out.frames.shape == (9, 64, 96, 3)
+    frames, wave, rate = reference(models, "fp32", image=odd, width=96, height=64)
+    same(out.frames, frames)
+    same_audio(out, wave, rate)
+    gray = control_image("L", (50, 37))
+    same(render(roots, "fp32", controls=(gray.convert("RGB"),)).frames,
+         render(roots, "fp32", controls=(gray,)).frames)
+
+
+def test_image_to_video_one_frame_matches_reference(models, roots):
+    """One frame with a control image: the single latent frame is the image's (never stepped), decoded as an image
+    without audio, as the reference's loop gives."""
+    out = render(roots, "fp32", controls=(IMAGE,), num_frames=1)
+    frames, wave, _ = reference(models, "fp32", image=IMAGE, num_frames=1)
+    assert out.frames.shape == (1, 64, 64, 3) and out.audio is None and wave is None
+    same(out.frames, frames)
+    assert levels(out.frames, render(roots, "fp32", num_frames=1).frames) > 5
+
+
+def test_image_crf_round_trip_measured(models, roots):
+    """ai-toolkit passes no image_crf, so the pipeline's 33 applies: skipping the H.264 round trip (image_crf=0)
+    renders a different preview; the difference is printed."""
+    out = render(roots, "fp32", controls=(IMAGE,))
+    no_crf, wave, _ = reference(models, "fp32", image=IMAGE, crf=0)
+    pixels = np.asarray(IMAGE)
+    trip = ref.h264_round_trip(pixels, ref.IMAGE_CRF)
+    print(f"\nltx2 fp32 image-to-video: image_crf 0 instead of 33: {levels(out.frames, no_crf)} levels (frames), "
+          f"audio up to {np.abs(out.audio.waveform - wave).max():.3g}; the round trip moves the image by "
+          f"{levels(pixels, trip)} levels")
+    assert levels(pixels, trip) > 0
+    assert levels(out.frames, no_crf) > 0
+
+
+def test_image_to_video_without_av_is_an_error(roots, monkeypatch):
+    """Without PyAV the H.264 round trip cannot run: an error naming av and the fix, before anything renders; the
+    cached pipeline then renders the same preview."""
+    from aitk_pack.pipelines.errors import ControlImageError
+
+    h = handle(roots, "fp32")
+    request = engine.build_request(h.spec, PROMPT, **{**SMALL, "negative_prompt": NEGATIVE, "controls": (IMAGE,)})
+    with monkeypatch.context() as patch:
+        patch.setitem(__import__("sys").modules, "av", None)
+        with pytest.raises(ControlImageError, match="pip install av"):
+            engine.render(h, request)
+    same(engine.render(h, request).frames, render(roots, "fp32", controls=(IMAGE,)).frames)
+
+
+def test_node_control_image_renders_image_to_video(models, roots, monkeypatch):
+    """AIToolkitSample with an IMAGE on control_image (LoadImage -> control_image) renders the library's
+    image-to-video preview; without it, text-to-video."""
+    from tests.conftest import pack
+
+    monkeypatch.setenv("AITK_MODELS_DIR", str(models))
+    mapping = pack.NODE_CLASS_MAPPINGS
+    (h,) = mapping["LoadAIToolkitPipeline"]().load(model="ltx2", base="tiny-ltx2", dtype="fp32", device="cpu",
+                                                   quantization="none")
+    comfy = torch.from_numpy(np.asarray(IMAGE).astype(np.float32) / 255.0)[None]
+    image, _video, audio = mapping["AIToolkitSample"]().sample(
+        pipeline=h, prompt=PROMPT, negative_prompt=NEGATIVE, trigger_word="", width=64, height=64, seed=7, steps=2,
+        guidance_scale=4.0, num_frames=9, fps=24, control_image=comfy)
+    want = render(roots, "fp32", controls=(IMAGE,))
+    assert np.array_equal(np.rint(image.numpy() * 255).astype(np.uint8), want.frames)
+    assert np.array_equal(audio["waveform"][0].numpy(), want.audio.waveform)

@@ -6,7 +6,7 @@ Values from ai-toolkit 27a03a91: the UI presets `ltx2` / `ltx2.3` (`ui/src/app/j
 `extensions_built_in/diffusion_models/ltx2/ltx2.py` (`scheduler_config`: dynamic shift 0.95..2.05 over
 1024..4096 tokens, exponential time shift, shift_terminal 0.1; `get_bucket_divisibility` 32;
 `get_base_model_version` "ltx2" for both; `get_transformer_block_names` ["transformer_blocks"]; no quantization
-exclusions; frames snapped to `((n-1)//8)*8+1`).
+exclusions; frames snapped to `((n-1)//8)*8+1`; a `ctrl_img` switches the preview to `LTX2ImageToVideoPipeline`).
 """
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ LTX2_LORA = LoraLayout(peft_prefixes=MappingProxyType({"diffusion_model": "trans
 # quantize_te: plain quantize(text_encoder) + freeze
 LTX2_QUANT = QuantSpec(preset="qfloat8", components=("transformer", "text_encoder"),
                        rules=MappingProxyType({"transformer": QuantizeRule(blocks=("transformer_blocks",))}))
-# ai-toolkit previews with LTX2ImageToVideoPipeline when the sample has a ctrl_img: not reproduced yet, so a
-# connected image is refused (families/ltx2: check_request) instead of being ignored into a different preview
-LTX2_I2V = ControlSlot("control_image", False, "ai-toolkit's ctrl_img: image-to-video, not supported yet (refused)")
+# ai-toolkit previews with LTX2ImageToVideoPipeline when the sample has a ctrl_img (generate_single_image): optional,
+# text-to-video without it (families/ltx2: generate)
+LTX2_I2V = ControlSlot("control_image", False, "ai-toolkit's ctrl_img: image-to-video from this first frame "
+                                               "(LTX2ImageToVideoPipeline); without it, text-to-video")
 LTX2_COMMON = dict(family="ltx2", pipeline_class="LTX2Pipeline", defaults=LTX2_DEFAULTS, scheduler=LTX2_SCHEDULER,
                    controls=(LTX2_I2V,), lora=LTX2_LORA, size=LTX2_SIZE, guidance=GuidanceSpec("cfg"),
                    media=LTX2_MEDIA, quant=LTX2_QUANT, preview=latent_formats.LTXV, base_versions=("ltx2",))
@@ -51,7 +52,8 @@ SPECS = (
         notes="LTX2Pipeline with the pipeline's own guidance defaults (CFG + STG on block 28 + modality isolation, "
               "rescale 0.7, audio guidance 7: three transformer calls per step); 121 frames 8k+1, audio at the "
               "vocoder rate; fps only sets the file's rate (the pipeline runs at 24); preset quantizes the "
-              "transformer and the Gemma 3 (qfloat8)",
+              "transformer and the Gemma 3 (qfloat8); a control image: LTX2ImageToVideoPipeline (first frame, "
+              "H.264 CRF 33 round trip through av)",
         **LTX2_COMMON),
     ModelSpec(
         id="ltx2.3", label="LTX-2.3", base_repo="Lightricks/LTX-2.3", variant="2.3", workflow="LTX-2.3 LoRA",

@@ -1,4 +1,5 @@
-"""LTX-2 and LTX-2.3 text-to-video with audio: previews as ai-toolkit renders them, through Diffusers' `LTX2Pipeline`.
+"""LTX-2 and LTX-2.3 text- and image-to-video with audio: previews as ai-toolkit renders them, through Diffusers'
+`LTX2Pipeline` (no control image) or `LTX2ImageToVideoPipeline` (a control image: ai-toolkit's `ctrl_img`).
 
 What ai-toolkit 0.12.26 (27a03a91) does (`extensions_built_in/diffusion_models/ltx2/ltx2.py:LTX2Model`,
 `LTX23Model`; `toolkit/models/base_model.py:BaseModel.generate_images`), and so what this does:
@@ -19,9 +20,12 @@ What ai-toolkit 0.12.26 (27a03a91) does (`extensions_built_in/diffusion_models/l
   fps only sets the mp4's rate. 2.0 passes nothing else, so the pipeline's defaults hold (STG 1 on block 28,
   modality 3, rescale 0.7, audio guidance 7 / STG 1 / modality 3, cross timesteps); 2.3 sets the same values
   explicitly plus `audio_guidance_rescale` 0.7 (`LTX2_3_GUIDANCE`). Noise: the fp32 video latents, then the audio
-  latents, from the one CPU generator. The video is `round(x*255)`; the audio `audio[0].float()` [2, T] at
-  `vocoder.config.output_sampling_rate`, which ai-toolkit writes into the mp4 (int16 AAC). One frame: an image,
-  no audio.
+  latents, from the one CPU generator. With a `ctrl_img`, `LTX2ImageToVideoPipeline` over the same parts and
+  scheduler, the image `convert("RGB")` and LANCZOS-resized to the floored size, passed as `image` and nothing else:
+  so the pipeline's `image_crf` default (33 for a Gemma 3 encoder) re-encodes it as one H.264 frame through PyAV
+  (`av`, checked before anything runs) before its VAE encode. The video is `round(x*255)`; the audio
+  `audio[0].float()` [2, T] at `vocoder.config.output_sampling_rate`, which ai-toolkit writes into the mp4 (int16
+  AAC). One frame: an image, no audio.
 
 LoRA names: `diffusion_model.transformer_blocks.N.<Diffusers path>` (`convert_lora_diffusers_to_original` is an
 identity on the block Linears), peft `lora_A`/`lora_B`, no alpha; merged at the node's strength on the first run.
@@ -71,6 +75,23 @@ def original_name(path: str, names=ORIGINAL_NAMES) -> str:
 LTX2_3_GUIDANCE = dict(stg_scale=1.0, modality_scale=3.0, guidance_rescale=0.7, audio_guidance_scale=7.0,
                        audio_stg_scale=1.0, audio_modality_scale=3.0, audio_guidance_rescale=0.7,
                        spatio_temporal_guidance_blocks=[28], use_cross_timestep=True)
+
+
+# LTX2ImageToVideoPipeline's image_crf default for a Gemma 3 text encoder (utils.DEFAULT_IMAGE_CRF; ai-toolkit passes
+# no image_crf, so the condition image takes an H.264 round trip through PyAV before its VAE encode)
+I2V_IMAGE_CRF = 33
+AV_MISSING = ("LTX-2 image-to-video needs the av package (PyAV): ai-toolkit's LTX2ImageToVideoPipeline re-encodes the "
+              "control image with H.264 (CRF 33) before encoding it, and the preview depends on that. ComfyUI "
+              "installs it; elsewhere `pip install av`, then restart ComfyUI. Or disconnect control_image for the "
+              "text-to-video preview.")
+
+
+def require_av():
+    """PyAV, imported lazily; a ControlImageError saying how to install it when it is missing."""
+    try:
+        import av  # noqa: F401
+    except ImportError as exc:
+        raise ControlImageError(AV_MISSING) from exc
 
 
 def encode_ltx2(pipe, prompt: str, dtype):
@@ -136,32 +157,37 @@ class LTX2(Family):
         return names
 
     # ---- sampling ------------------------------------------------------------------------------------------
-    def check_request(self, spec, request):
-        super().check_request(spec, request)
-        if any(image is not None for image in request.controls):
-            raise ControlImageError(
-                f"{spec.label} image-to-video (ai-toolkit's ctrl_img: LTX2ImageToVideoPipeline) is not supported by "
-                "this pack yet, so the preview would not be ai-toolkit's: disconnect control_image to render the "
-                "text-to-video preview.")
+    def sampling_pipeline(self, spec, pipe, sampler, image_to_video: bool = False):
+        """A stock `LTX2Pipeline` (text-to-video) or, for a control image, `LTX2ImageToVideoPipeline` over the
+        loaded parts with a fresh scheduler, as `get_generation_pipeline` + `generate_single_image` build them."""
+        from diffusers import LTX2ImageToVideoPipeline, LTX2Pipeline
 
-    def sampling_pipeline(self, spec, pipe, sampler):
-        from diffusers import LTX2Pipeline
-
-        sampling = LTX2Pipeline(scheduler=self.scheduler(spec, sampler), vae=pipe.vae, audio_vae=pipe.audio_vae,
-                                text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                connectors=pipe.connectors, transformer=pipe.transformer, vocoder=pipe.vocoder)
+        cls = LTX2ImageToVideoPipeline if image_to_video else LTX2Pipeline
+        sampling = cls(scheduler=self.scheduler(spec, sampler), vae=pipe.vae, audio_vae=pipe.audio_vae,
+                       text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, connectors=pipe.connectors,
+                       transformer=pipe.transformer, vocoder=pipe.vocoder)
         sampling.set_progress_bar_config(disable=True)
         return sampling
 
     def generate(self, spec, pipe, request, sampler=None, on_step=None):
         from ...request import Audio, Render
 
-        sampling = self.sampling_pipeline(spec, pipe, sampler)
+        image = request.controls[0] if request.controls else None
+        if image is not None:
+            require_av()  # before anything runs: the pipeline re-encodes the image with H.264 (image_crf default)
+        sampling = self.sampling_pipeline(spec, pipe, sampler, image_to_video=image is not None)
         width, height = (side - side % SIZE_MULTIPLE for side in (request.width, request.height))
         notes = []
         if (width, height) != (request.width, request.height):
             notes.append(f"size {request.width}x{request.height} floored to {width}x{height} (ai-toolkit floors "
                          f"LTX-2 sizes to multiples of {SIZE_MULTIPLE})")
+        extra = {}
+        if image is not None:  # generate_single_image: Image.open(ctrl_img).convert("RGB").resize(LANCZOS)
+            from PIL import Image
+
+            extra["image"] = image.convert("RGB").resize((width, height), Image.LANCZOS)
+            notes.append(f"image-to-video: the control image is the first frame (resized to {width}x{height} with "
+                         f"LANCZOS, then H.264-re-encoded at CRF {I2V_IMAGE_CRF} by LTX2ImageToVideoPipeline)")
         frames = request.num_frames
         dtype = pipe.vae.dtype  # the sampling dtype (the VAE is never quantized)
         with torch.no_grad():
@@ -172,7 +198,7 @@ class LTX2(Family):
                 negative_prompt_attention_mask=negative_mask, height=height, width=width,
                 num_inference_steps=request.steps, guidance_scale=spec.guidance.pipeline_value(request.guidance_scale),
                 num_frames=frames, generator=torch.Generator("cpu").manual_seed(request.seed), output_type="np",
-                return_dict=False, **self.guidance_values, **step_callback_kwargs(request.steps, on_step))
+                return_dict=False, **extra, **self.guidance_values, **step_callback_kwargs(request.steps, on_step))
         if frames == 1:  # ai-toolkit: output_type "pil", the first image, no audio (saved as a jpg)
             return Render(frames=video[0][:1], notes=tuple(notes))
         if request.fps != PIPELINE_FPS:
