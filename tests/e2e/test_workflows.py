@@ -151,37 +151,57 @@ def test_templates_menu_lists_the_workflows_with_thumbnails(comfy_server, browse
         const v = fn(); if (v) return v; await sleep(100); } throw new Error('timed out: ' + fn); };
     const byText = (root, text) => [...root.querySelectorAll('*')].find(
         (e) => e.children.length === 0 && e.textContent.trim() === text);
-    const open = async () => {
-      await app.extensionManager.command.execute('Comfy.BrowseTemplates');
-      const dialog = await until(() => document.querySelector('[role=dialog]'));
-      (await until(() => byText(dialog, pack))).click();
-      await until(() => names.every((n) => byText(dialog, n)));
-      return dialog;
-    };
-    const dialog = await open();
-    const result = {titles: names.filter((n) => byText(dialog, n)), prompts: {}};
-    // the cards fetch their thumbnails and show them as blob: URLs (the fallback is a 224x224 default image); the
-    // grid renders the images of the cards in view only, so it is scrolled down until every card's has been seen
-    const cards = () => [...dialog.querySelectorAll('img')];
-    const seen = new Map();
-    const scroller = () => {
-      for (let e = cards()[0]; e && e !== dialog; e = e.parentElement) {
+    const cards = (dialog) => [...dialog.querySelectorAll('img')];
+    const scroller = (dialog) => {
+      for (let e = cards(dialog)[0]; e && e !== dialog; e = e.parentElement) {
         if (e.scrollHeight > e.clientHeight + 4) return e;
       }
       return dialog;
     };
+    // the grid renders the first 24 cards and more as it is scrolled: scroll until the card (or every card) shows
+    const reveal = async (dialog, wanted) => until(() => {
+      if (wanted.every((n) => byText(dialog, n))) return true;
+      const s = scroller(dialog);
+      s.scrollTop = Math.min(s.scrollTop + 150, s.scrollHeight);
+      return false;
+    });
+    const titles = new Set();
+    const open = async (wanted = names) => {
+      await app.extensionManager.command.execute('Comfy.BrowseTemplates');
+      const dialog = await until(() => document.querySelector('[role=dialog]'));
+      (await until(() => byText(dialog, pack))).click();
+      if (wanted === names) {
+        await until(() => {
+          names.filter((n) => byText(dialog, n)).forEach((n) => titles.add(n));
+          if (names.every((n) => titles.has(n))) return true;
+          const s = scroller(dialog);
+          s.scrollTop = Math.min(s.scrollTop + 150, s.scrollHeight);
+          return false;
+        });
+        scroller(dialog).scrollTop = 0;
+      } else {
+        await reveal(dialog, wanted);
+      }
+      return dialog;
+    };
+    const dialog = await open();
+    const result = {titles: names.filter((n) => titles.has(n)), prompts: {}};
+    // the cards fetch their thumbnails and show them as blob: URLs (the fallback is a 224x224 default image); the
+    // grid renders the images of the cards in view only, so it is scrolled down until every card's has been seen
+    const seen = new Map();
     await until(() => {
-      for (const i of cards()) {
+      for (const i of cards(dialog)) {
         if (i.complete && i.naturalWidth > 0) seen.set(i.alt, [i.src.split(':')[0], i.naturalWidth, i.naturalHeight]);
       }
       if (names.every((n) => seen.has(n))) return true;
-      const s = scroller();
+      const s = scroller(dialog);
       s.scrollTop = Math.min(s.scrollTop + 150, s.scrollHeight);
       return false;
     }, 60000).catch((e) => { throw new Error(`${e.message}; seen ${JSON.stringify([...seen.keys()])}`); });
     result.images = names.map((n) => seen.get(n));
     for (const name of names) {
-      const d = document.querySelector('[role=dialog]') ?? await open();
+      const d = document.querySelector('[role=dialog]') ?? await open([name]);
+      await reveal(d, [name]);
       byText(d, name).click();
       await until(() => !document.querySelector('[role=dialog]') && app.graph.nodes.length > 0
         && app.extensionManager.workflow.activeWorkflow?.filename === name);
