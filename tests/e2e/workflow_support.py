@@ -59,8 +59,8 @@ CONTRACT_INPUTS = {
 # the comparison, so a new input that changes the picture cannot be ignored silently).
 LOAD_VALUES = ("model", "base", "dtype", "device", "quantization")
 SAMPLE_VALUES = ("negative_prompt", "trigger_word", "width", "height", "seed", "steps", "guidance_scale",
-                 "guidance_rescale", "num_frames", "fps", "sampler")
-SAMPLE_OTHERS = ("pipeline", "prompt", "lora_mode", *CONTROL_INPUTS)
+                 "guidance_rescale", "num_frames", "fps")
+SAMPLE_OTHERS = ("pipeline", "prompt", "lora_mode", "sampler", *CONTROL_INPUTS)
 # Sample widgets_values positions of width, height and steps in the UI format (after seed comes "control after
 # generate", a frontend-only widget)
 UI_SIZE_STEPS = {"width": 3, "height": 4, "steps": 7}
@@ -306,6 +306,8 @@ class Library:
             options = {}
             if "lora_mode" in sample:
                 options["lora_mode"] = LORA_MODES[sample["lora_mode"]]
+            if "sampler" in sample:
+                options["sampler"] = sample["sampler"]
             t0 = time.perf_counter()
             handle = engine.load(load["model"], base=load["base"], dtype=load["dtype"], device=load["device"],
                                  roots=self.roots, quantization=load.get("quantization", engine.MATCH_TRAINING))
