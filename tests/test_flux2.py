@@ -25,15 +25,14 @@ from safetensors.torch import load_file, save_file
 from tests import reference_flux2 as ref
 from tests.fixtures import tiny_flux, tiny_flux2
 from tests.fixtures.fake_hub import fake_hub_repo
+from tests.fixtures.model_roots import cached_roots
 from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
-from aitk_pack.pipelines.cache import CACHE
 from aitk_pack.pipelines.errors import AitkError, ControlImageError, ModelSourceError
 from aitk_pack.pipelines.families import get_family
 from aitk_pack.pipelines.families.flux2 import convert
 from aitk_pack.pipelines.registry import get_spec
-from aitk_pack.pipelines.sources import ModelRoots
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SMALL = dict(width=64, height=64, steps=3, seed=7, guidance_scale=4.0)
@@ -100,11 +99,7 @@ def _split_names(sd, transformer):
 
 @pytest.fixture(scope="module")
 def roots(models):
-    bases, CACHE.max_bases = CACHE.max_bases, 12
-    yield ModelRoots(diffusers=(str(models / "diffusers"),), checkpoints=(str(models / "checkpoints"),),
-                     loras=(str(models / "loras"),))
-    CACHE.max_bases = bases
-    CACHE.release()
+    yield from cached_roots(models, 12)
 
 
 def load(roots, model_id, dtype, base=None, quantization="none"):

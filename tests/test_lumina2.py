@@ -14,10 +14,10 @@ from safetensors.torch import load_file, save_file
 
 from tests import reference_lumina2 as ref
 from tests.fixtures import tiny_lumina2
+from tests.fixtures.model_roots import cached_roots
 from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
-from aitk_pack.pipelines.cache import CACHE
 from aitk_pack.pipelines.errors import InputError, LoraError
 from aitk_pack.pipelines.families import get_family
 from aitk_pack.pipelines.registry import get_spec
@@ -50,10 +50,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def roots(models):
-    bases, CACHE.max_bases = CACHE.max_bases, 8  # the 4 bases of this module stay loaded
-    yield ModelRoots(diffusers=(str(models / "diffusers"),), loras=(str(models / "loras"),))
-    CACHE.max_bases = bases
-    CACHE.release()
+    yield from cached_roots(models, 8)
 
 
 def load(roots, dtype, quantization="none"):

@@ -22,13 +22,13 @@ from safetensors.torch import load_file, save_file
 
 from tests import reference_zimage as ref
 from tests.fixtures import tiny_zimage
+from tests.fixtures.model_roots import cached_roots
 from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
 from aitk_pack.pipelines.cache import CACHE
 from aitk_pack.pipelines.quantize import QuantizeRule, is_quantized, quantize_component
 from aitk_pack.pipelines.registry import get_spec
-from aitk_pack.pipelines.sources import ModelRoots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 try:
@@ -114,10 +114,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def roots(models):
-    bases, CACHE.max_bases = CACHE.max_bases, 6
-    yield ModelRoots(diffusers=(str(models / "diffusers"),), loras=(str(models / "loras"),))
-    CACHE.max_bases = bases
-    CACHE.release()
+    yield from cached_roots(models, 6)
 
 
 def render(roots, dtype, quantization, adapter=ADAPTER, loras=()):

@@ -19,10 +19,10 @@ from tests import reference_qwen as ref
 from tests import reference_uintx as ref_uintx
 from tests.fixtures import tiny_qwen
 from tests.fixtures.fake_hub import fake_hub_repo
+from tests.fixtures.model_roots import cached_roots
 from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
-from aitk_pack.pipelines.cache import CACHE
 from aitk_pack.pipelines.errors import QuantizationError
 from aitk_pack.pipelines.quantize import QuantizeRule, is_quantized, quantize_component, uintx
 from aitk_pack.pipelines.sources import ModelRoots
@@ -76,10 +76,7 @@ def roots(models):
     mp = pytest.MonkeyPatch()
     mp.setenv("HF_HUB_CACHE", str(models / "hf_cache"))
     mp.setenv("HF_HUB_OFFLINE", "1")
-    bases, CACHE.max_bases = CACHE.max_bases, 8
-    yield ModelRoots(diffusers=(str(models / "diffusers"),), loras=(str(models / "loras"),))
-    CACHE.max_bases = bases
-    CACHE.release()
+    yield from cached_roots(models, 8)
     mp.undo()
 
 

@@ -14,14 +14,13 @@ from safetensors.torch import load_file, save_file
 
 from tests import reference_qwen as ref
 from tests.fixtures import tiny_flux, tiny_qwen
+from tests.fixtures.model_roots import cached_roots
 from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
-from aitk_pack.pipelines.cache import CACHE
 from aitk_pack.pipelines.errors import LoraError, RenderError
 from aitk_pack.pipelines.families import get_family
 from aitk_pack.pipelines.registry import get_spec
-from aitk_pack.pipelines.sources import ModelRoots
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SMALL = dict(width=64, height=64, steps=2, seed=7, guidance_scale=4.0)
@@ -50,10 +49,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def roots(models):
-    bases, CACHE.max_bases = CACHE.max_bases, 8
-    yield ModelRoots(diffusers=(str(models / "diffusers"),), loras=(str(models / "loras"),))
-    CACHE.max_bases = bases
-    CACHE.release()
+    yield from cached_roots(models, 8)
 
 
 def handle_for(roots, dtype, model_id="qwen_image", loras=(), quantization="none"):

@@ -13,12 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from tests import reference_wan as ref
 from tests.fixtures import tiny_wan
+from tests.fixtures.model_roots import cached_roots
 from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
-from aitk_pack.pipelines.cache import CACHE
 from aitk_pack.pipelines.errors import InputError, LoraError
-from aitk_pack.pipelines.sources import ModelRoots
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SMALL = dict(width=64, height=64, steps=2, seed=7, guidance_scale=4.0, num_frames=5)
@@ -52,11 +51,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def roots(models):
-    bases, CACHE.max_bases = CACHE.max_bases, 8
-    yield ModelRoots(diffusers=(str(models / "diffusers"),), checkpoints=(str(models / "checkpoints"),),
-                     loras=(str(models / "loras"),))
-    CACHE.max_bases = bases
-    CACHE.release()
+    yield from cached_roots(models, 8)
 
 
 def handle(roots, dtype, loras=(), model="wan21_1b", quantization="none"):
@@ -138,6 +133,19 @@ def test_every_key_applied_in_both_layouts(models, roots):
     same(engine.render(diffusers, engine.build_request(diffusers.spec, PROMPT, negative_prompt=NEGATIVE,
                                                        **SMALL)).frames,
          render(roots, "fp32", loras=[(LORA, 1.0)]).frames)
+
+
+def test_a_conv3d_patch_embedding_key_is_reported_not_applied(models, roots, tmp_path):
+    """ai-toolkit never writes one (its LoRA wraps Linear and Conv2d only); another trainer's 5-D LoRA on the
+    Conv3d `patch_embedding` is counted as not applied, with the reason, and the rest applies."""
+    sd = load_file(str(models / "loras" / LORA))
+    sd["diffusion_model.patch_embedding.lora_A.weight"] = torch.zeros(4, 16, 1, 2, 2)
+    sd["diffusion_model.patch_embedding.lora_B.weight"] = torch.zeros(24, 4, 1, 1, 1)
+    name = "wan21_with_conv3d.safetensors"
+    save_file(sd, str(models / "loras" / name), metadata=tiny_wan.aitk_metadata(sd, version=tiny_wan.VERSION))
+    report = handle(roots, "fp32", [(name, 1.0)]).reports()[0]
+    assert (report.applied_modules, report.not_applied_keys) == (20, 2), report.summary()
+    assert any("patch_embedding" in w for w in report.warnings()), report.summary()
 
 
 def test_wrong_family_lora_is_refused(roots):

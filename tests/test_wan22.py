@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from tests import reference_wan22 as ref
 from tests.fixtures import tiny_wan, tiny_wan22
 from tests.fixtures.fake_hub import fake_hub_repo
+from tests.fixtures.model_roots import cached_roots
 from tests.fixtures.pixels import levels, same
 
 from aitk_pack.nodes.pipeline_nodes import ApplyAIToolkitLoRA
@@ -29,7 +30,6 @@ from aitk_pack.pipelines.errors import ControlImageError, InputError, LoraError,
 from aitk_pack.pipelines.families import get_family
 from aitk_pack.pipelines.families.base import EXPERTS
 from aitk_pack.pipelines.registry import get_spec
-from aitk_pack.pipelines.sources import ModelRoots
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # 2 steps at shift 5: t = 1000 (high-noise expert), 24.4 (low-noise expert)
@@ -73,13 +73,9 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def roots(models):
-    bases, CACHE.max_bases = CACHE.max_bases, 8
     hub = os.environ.get("HF_HUB_CACHE")
     os.environ["HF_HUB_CACHE"] = str(models / "hub")
-    yield ModelRoots(diffusers=(str(models / "diffusers"),), checkpoints=(str(models / "checkpoints"),),
-                     loras=(str(models / "loras"),))
-    CACHE.max_bases = bases
-    CACHE.release()
+    yield from cached_roots(models, 8)
     if hub is None:
         os.environ.pop("HF_HUB_CACHE", None)
     else:

@@ -16,13 +16,12 @@ from safetensors.torch import load_file, save_file
 from tests import reference_zimage as ref
 from tests.fixtures import tiny_zimage
 from tests.fixtures.fake_hub import fake_hub_repo
+from tests.fixtures.model_roots import cached_roots
 from tests.fixtures.pixels import levels, same
 
 from aitk_pack.pipelines import engine
-from aitk_pack.pipelines.cache import CACHE
 from aitk_pack.pipelines.errors import LoraError
 from aitk_pack.pipelines.registry import get_spec
-from aitk_pack.pipelines.sources import ModelRoots
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 SMALL = dict(width=64, height=64, steps=2, seed=7)
@@ -60,11 +59,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def roots(models):
-    bases, CACHE.max_bases = CACHE.max_bases, 12
-    yield ModelRoots(diffusers=(str(models / "diffusers"),), checkpoints=(str(models / "checkpoints"),),
-                     loras=(str(models / "loras"),))
-    CACHE.max_bases = bases
-    CACHE.release()
+    yield from cached_roots(models, 12)
 
 
 def load(roots, dtype, model="zimage_turbo", base=None, quantization="none", adapter=""):

@@ -46,7 +46,7 @@ class LoraModule:
         if "diff" in t or "diff_b" in t:
             return "full"
         if "down" in t and "up" in t:
-            return "lora"
+            return "unsupported" if t["down"].ndim == t["up"].ndim == 5 else "lora"
         if "down" in t and "up" not in t:
             return "fullrank"
         return "incomplete"
@@ -60,6 +60,8 @@ class LoraModule:
             return "DoRA modules are not supported yet"
         if "mid" in t:
             return "Tucker (lora_mid) modules are not supported"
+        if "down" in t and "up" in t and t["down"].ndim == 5:
+            return "Conv3d LoRA modules are not supported; ai-toolkit's LoRA never targets Conv3d layers"
         return "incomplete module (missing up or down tensor)"
 
     @property

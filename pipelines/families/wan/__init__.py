@@ -32,7 +32,6 @@ import os
 import torch
 
 from ...errors import ModelSourceError
-from ...lora.aliases import Alias
 from ..base import Family
 from ..common import from_source, prepare_components, quantize_components, step_callback_kwargs
 from .samplers import preview_sampler
@@ -92,6 +91,19 @@ def text_parts(spec, source) -> dict:
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for unreadable models
         raise ModelSourceError(f"Could not load {spec.label}'s UMT5 text encoder and tokenizer from where "
                                f"ai-toolkit reads them ({type(exc).__name__}: {exc}).") from exc
+
+
+def floored_size(request, multiple: int, why: str) -> tuple[int, int, list]:
+    """(width, height, notes) of a render: the request's size floored to `multiple` (`why` says whose rule, for the
+    note when it changed anything), plus the ftfy note when it applies."""
+    width, height = (side - side % multiple for side in (request.width, request.height))
+    notes = []
+    if (width, height) != (request.width, request.height):
+        notes.append(f"size {request.width}x{request.height} floored to {width}x{height}: {why}")
+    note = _ftfy_note(request.prompt, request.negative_prompt)
+    if note:
+        notes.append(note)
+    return width, height, notes
 
 
 def _ftfy_note(*texts) -> str | None:
@@ -157,14 +169,8 @@ class Wan21(Family):
         from ...request import Render
 
         sampling = self.sampling_pipeline(spec, pipe, sampler)
-        width, height = (side - side % SIZE_MULTIPLE for side in (request.width, request.height))
-        notes = []
-        if (width, height) != (request.width, request.height):
-            notes.append(f"size {request.width}x{request.height} floored to {width}x{height}: ai-toolkit's "
-                         "WanPipeline refuses sizes that are not multiples of 16 (its preview fails there)")
-        note = _ftfy_note(request.prompt, request.negative_prompt)
-        if note:
-            notes.append(note)
+        width, height, notes = floored_size(request, SIZE_MULTIPLE, "ai-toolkit's WanPipeline refuses sizes that "
+                                            "are not multiples of 16 (its preview fails there)")
         dtype = pipe.vae.dtype  # the sampling dtype (ai-toolkit's torch_dtype; the VAE is never quantized)
         with torch.no_grad():
             embeds = encode_wan(sampling, request.prompt, dtype)

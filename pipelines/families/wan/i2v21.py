@@ -33,7 +33,7 @@ import torch
 
 from ...errors import ControlImageError, ModelSourceError
 from ..common import from_source, prepare_components, quantize_components, step_callback_kwargs
-from . import SIZE_MULTIPLE, TEXT_PARTS, Wan21, _ftfy_note, encode_wan, text_parts
+from . import SIZE_MULTIPLE, TEXT_PARTS, Wan21, encode_wan, floored_size, text_parts
 
 FTFY_MISSING = ("Wan image-to-video needs the ftfy package (Diffusers' WanImageToVideoPipeline cleans every prompt "
                 "with ftfy.fix_text, as ai-toolkit's environment does): install it into ComfyUI's Python with "
@@ -107,16 +107,10 @@ class Wan21I2V(Wan21):
         from ...request import Render
 
         require_ftfy()
-        width, height = (side - side % SIZE_MULTIPLE for side in (request.width, request.height))
+        width, height, notes = floored_size(request, SIZE_MULTIPLE, "as ai-toolkit's Wan 2.1 I2V preview does "
+                                            "(multiples of 16)")
         image = control_frame(request, width, height)
         sampling = self.sampling_pipeline(spec, pipe, sampler)
-        notes = []
-        if (width, height) != (request.width, request.height):
-            notes.append(f"size {request.width}x{request.height} floored to {width}x{height}, as ai-toolkit's "
-                         "Wan 2.1 I2V preview does (multiples of 16)")
-        note = _ftfy_note(request.prompt, request.negative_prompt)
-        if note:
-            notes.append(note)
         dtype = pipe.vae.dtype
         with torch.no_grad():
             embeds = encode_wan(sampling, request.prompt, dtype)

@@ -35,7 +35,7 @@ import torch
 
 from ...errors import ModelSourceError
 from ..common import from_source, prepare_components, quantize_components
-from . import TEXT_PARTS, Wan21, _ftfy_note, encode_wan, text_parts
+from . import TEXT_PARTS, Wan21, encode_wan, floored_size, text_parts
 from .decode import WanVaeOptions, decode_latents
 
 IN_CHANNELS = 48
@@ -103,14 +103,8 @@ class Wan225b(Wan21):
         from ...request import Render
 
         multiple = pipe.vae.config.scale_factor_spatial * 2
-        width, height = (side - side % multiple for side in (request.width, request.height))
-        notes = []
-        if (width, height) != (request.width, request.height):
-            notes.append(f"size {request.width}x{request.height} floored to {width}x{height}, as ai-toolkit's "
-                         f"Wan22Pipeline does (multiples of {multiple})")
-        note = _ftfy_note(request.prompt, request.negative_prompt)
-        if note:
-            notes.append(note)
+        width, height, notes = floored_size(request, multiple, f"as ai-toolkit's Wan22Pipeline does (multiples of "
+                                                               f"{multiple})")
         image = request.controls[0] if request.controls else None
         notes.append("image-to-video: the control image is the first frame" if image is not None
                      else "text-to-video (no control image)")

@@ -45,7 +45,7 @@ from ...lora.files import pair_stage, read_header
 from ...spec import LoraLayout
 from ..base import LoraPart, LoraPlan
 from ..common import from_source, prepare_components, quantize_components
-from . import TEXT_PARTS, Wan21, _ftfy_note, encode_wan, text_parts
+from . import TEXT_PARTS, Wan21, encode_wan, floored_size, text_parts
 from .decode import decode_latents, load_wan21_vae
 
 BOUNDARY_RATIO = 0.875  # wan22_14b_model.py:boundary_ratio_t2v, used for T2V and I2V alike
@@ -166,14 +166,8 @@ class Wan22T2V(Wan21):
 
         sampling = self.sampling_pipeline(spec, pipe, sampler)
         div = sampling.vae.config.scale_factor_spatial * 2  # Wan22Pipeline: twice the VAE factor (16)
-        width, height = (side // div * div for side in (request.width, request.height))
-        notes = []
-        if (width, height) != (request.width, request.height):
-            notes.append(f"size {request.width}x{request.height} floored to {width}x{height}, as ai-toolkit's "
-                         f"Wan22Pipeline floors to multiples of {div}")
-        note = _ftfy_note(request.prompt, request.negative_prompt)
-        if note:
-            notes.append(note)
+        width, height, notes = floored_size(request, div, f"as ai-toolkit's Wan22Pipeline floors to multiples of "
+                                                          f"{div}")
         dtype = pipe.vae.dtype
         device = pipe.vae.device
         guidance = spec.guidance.pipeline_value(request.guidance_scale)
