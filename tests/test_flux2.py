@@ -235,6 +235,18 @@ def test_trigger_and_prompt_flags(models, roots):
                         guidance_scale=3.0))
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("model_id", ["flux2_klein_9b", "flux2"])
+def test_strength_flags_and_trigger_on_the_other_ids(models, roots, model_id, dtype):
+    """klein 9B (true CFG with the negative) and dev (guidance embedding, no negative): the LoRA at --m 0.6 with the
+    trigger and --n / --cfg / --seed flags equals the hand-written reference."""
+    handle = engine.apply_lora(load(roots, model_id, dtype), f"{model_id}_lora.safetensors", 1.0, roots=roots)
+    got = engine.generate(handle, "photo of [trigger] --n ugly [trigger] --cfg 3 --m 0.6 --seed 11",
+                          trigger_word="ohwx", **{**SMALL, "negative_prompt": NEGATIVE})[0]
+    same(got, reference(models, model_id, dtype, strength=0.6, prompt="photo of ohwx", negative="ugly ohwx",
+                        guidance_scale=3.0, seed=11))
+
+
 def test_every_key_applies_and_diffusers_names_render_the_same(roots):
     handle = load(roots, "flux2_klein_4b", "fp32")
     blocks = 8 * tiny_flux2.N_DOUBLE + 2 * tiny_flux2.N_SINGLE
