@@ -93,6 +93,16 @@ def text_parts(spec, source) -> dict:
                                f"ai-toolkit reads them ({type(exc).__name__}: {exc}).") from exc
 
 
+def cfg_prediction(model, x, timestep, cond, uncond, guidance: float):
+    """ai-toolkit's Wan22Pipeline step prediction: the cond pass, and above guidance 1 a separate uncond pass,
+    combined as `uncond + g * (cond - uncond)`."""
+    pred = model(hidden_states=x, timestep=timestep, encoder_hidden_states=cond, return_dict=False)[0]
+    if guidance > 1.0:
+        pred_u = model(hidden_states=x, timestep=timestep, encoder_hidden_states=uncond, return_dict=False)[0]
+        pred = pred_u + guidance * (pred - pred_u)
+    return pred
+
+
 def floored_size(request, multiple: int, why: str) -> tuple[int, int, list]:
     """(width, height, notes) of a render: the request's size floored to `multiple` (`why` says whose rule, for the
     note when it changed anything), plus the ftfy note when it applies."""

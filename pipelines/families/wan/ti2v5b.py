@@ -35,7 +35,7 @@ import torch
 
 from ...errors import ModelSourceError
 from ..common import from_source, prepare_components, quantize_components
-from . import TEXT_PARTS, Wan21, encode_wan, floored_size, text_parts
+from . import TEXT_PARTS, Wan21, cfg_prediction, encode_wan, floored_size, text_parts
 from .decode import WanVaeOptions, decode_latents
 
 IN_CHANNELS = 48
@@ -136,12 +136,7 @@ class Wan225b(Wan21):
             for i, t in enumerate(scheduler.timesteps):
                 x = latents.to(device, transformer.dtype)
                 timestep = (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0)
-                pred = transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=embeds,
-                                   return_dict=False)[0]
-                if guidance > 1.0:
-                    uncond = transformer(hidden_states=x, timestep=timestep, encoder_hidden_states=negative,
-                                         return_dict=False)[0]
-                    pred = uncond + guidance * (pred - uncond)
+                pred = cfg_prediction(transformer, x, timestep, embeds, negative, guidance)
                 latents = scheduler.step(pred, t, latents, return_dict=False)[0]
                 latents = x * (1 - mask) + latents * mask
                 if on_step is not None:

@@ -45,7 +45,7 @@ from ...lora.files import pair_stage, read_header
 from ...spec import LoraLayout
 from ..base import LoraPart, LoraPlan
 from ..common import from_source, prepare_components, quantize_components
-from . import TEXT_PARTS, Wan21, encode_wan, floored_size, text_parts
+from . import TEXT_PARTS, Wan21, cfg_prediction, encode_wan, floored_size, text_parts
 from .decode import decode_latents, load_wan21_vae
 
 BOUNDARY_RATIO = 0.875  # wan22_14b_model.py:boundary_ratio_t2v, used for T2V and I2V alike
@@ -200,11 +200,7 @@ class Wan22T2V(Wan21):
             pre = x.clone()
             if conditioning is not None:
                 x = torch.cat([x, conditioning], dim=1)
-            pred = model(hidden_states=x, timestep=timestep, encoder_hidden_states=cond, return_dict=False)[0]
-            if guidance > 1.0:
-                pred_u = model(hidden_states=x, timestep=timestep, encoder_hidden_states=uncond,
-                               return_dict=False)[0]
-                pred = pred_u + guidance * (pred - pred_u)
+            pred = cfg_prediction(model, x, timestep, cond, uncond, guidance)
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]
             latents = pre * (1 - mask) + latents * mask
             if on_step is not None:
