@@ -24,6 +24,7 @@ CONFIG_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"
 HUB_ALLOW = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model",
              "*/diffusion_pytorch_model.safetensors", "*/diffusion_pytorch_model-*-of-*.safetensors",
              "*/model.safetensors", "*/model-*-of-*.safetensors"]
+MODEL_REPO_ALLOW = ["*.json", "*.txt", "*.model", "model.safetensors", "model-*-of-*.safetensors"]
 HUB_IGNORE = ["safety_checker/*", "feature_extractor/*", "*.fp16.*", "*fp16*.safetensors"]
 
 
@@ -159,13 +160,14 @@ def single_file_config_dir(spec, checkpoint: str) -> str:
     return os.path.join(CONFIG_ROOT, spec.single_file_config)
 
 
-def hub_snapshot(repo_id: str, allow_download: bool | None = None, skip: tuple = ()) -> str:
+def hub_snapshot(repo_id: str, allow_download: bool | None = None, skip: tuple = (), allow=HUB_ALLOW) -> str:
     """Local folder of `repo_id` from the HF cache; downloads it (progress bar on the console) when allowed, without
-    the `skip` patterns (parts the family reads from another repo)."""
+    the `skip` patterns (parts the family reads from another repo). `allow`: the files a pipeline folder needs
+    (`HUB_ALLOW`), or others (a transformers model's repo keeps them at its root: `MODEL_REPO_ALLOW`)."""
     from huggingface_hub import snapshot_download
 
     # read at call time (huggingface_hub reads it once at import)
-    where = dict(cache_dir=os.environ.get("HF_HUB_CACHE") or None, allow_patterns=HUB_ALLOW,
+    where = dict(cache_dir=os.environ.get("HF_HUB_CACHE") or None, allow_patterns=list(allow),
                  ignore_patterns=HUB_IGNORE + list(skip))
     try:
         return snapshot_download(repo_id, local_files_only=True, **where)

@@ -162,9 +162,11 @@ def image_latents(vae, image, width: int, height: int, dtype, crf: int = IMAGE_C
 
 
 def preview(parts: dict, prompt: str, negative: str, seed: int, steps: int, guidance: float, width: int,
-            height: int, frames: int, dtype, image=None, crf: int = IMAGE_CRF):
+            height: int, frames: int, dtype, image=None, crf: int = IMAGE_CRF, low_vram: bool = True):
     """(uint8 frames [F, H, W, 3], float32 waveform [2, T] or None, sample rate) as ai-toolkit's LTX-2 preview;
-    with `image` (a PIL image, any mode and size) its image-to-video preview."""
+    with `image` (a PIL image, any mode and size) its image-to-video preview. `low_vram` (the UI presets' value):
+    `generate_single_image` sets `vae.use_framewise_decoding = True` (tiles of 16 frames, stride 8) around the
+    pipeline, so the decode runs in temporal tiles once there are more than 2 latent frames."""
     width, height = (max(64, s - s % 8) for s in (width, height))
     width, height = width - width % SIZE, height - height % SIZE
     if frames != 1 and (frames - 1) % 8:
@@ -242,7 +244,9 @@ def preview(parts: dict, prompt: str, negative: str, seed: int, steps: int, guid
         z = latents.reshape(1, f, h, w, channels).permute(0, 4, 1, 2, 3).to(dtype)
         z = z * vae.latents_std.view(1, -1, 1, 1, 1).to(dtype) / vae.config.scaling_factor + \
             vae.latents_mean.view(1, -1, 1, 1, 1).to(dtype)
+        vae.use_framewise_decoding, vae.tile_sample_min_num_frames, vae.tile_sample_stride_num_frames = low_vram, 16, 8
         video = vae.decode(z.to(vae.dtype), None, return_dict=False)[0]
+        vae.use_framewise_decoding = False
         video = (video * 0.5 + 0.5).clamp(0, 1)[0].permute(1, 2, 3, 0).float().numpy()
         pixels = (video * 255).round().astype(np.uint8)
         if frames == 1:

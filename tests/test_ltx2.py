@@ -93,7 +93,7 @@ _PARTS: dict = {}
 
 
 def reference(models, dtype, strength=None, model="ltx2", prompt=PROMPT, negative=NEGATIVE, quantized=False,
-              image=None, crf=ref.IMAGE_CRF, **values):
+              image=None, crf=ref.IMAGE_CRF, low_vram=True, **values):
     v = dict(SMALL, **values)
     parts = ref.load_parts(str(models / "diffusers" / f"tiny-{model}"), DTYPES[dtype], v23=model == "ltx2.3")
     if quantized:  # the preset: qfloat8 transformer and Gemma 3, the LoRA as ai-toolkit's unmerged fp32 branch
@@ -109,7 +109,7 @@ def reference(models, dtype, strength=None, model="ltx2", prompt=PROMPT, negativ
         else:
             assert ref.merge(parts, sd, strength) == len(sd) // 2
     return ref.preview(parts, prompt, negative, v["seed"], v["steps"], v["guidance_scale"], v["width"],
-                       v["height"], v["num_frames"], DTYPES[dtype], image=image, crf=crf)
+                       v["height"], v["num_frames"], DTYPES[dtype], image=image, crf=crf, low_vram=low_vram)
 
 
 def same_audio(out, want_wave, want_rate):
@@ -418,3 +418,22 @@ def test_node_control_image_renders_image_to_video(models, roots, monkeypatch):
     want = render(roots, "fp32", controls=(IMAGE,))
     assert np.array_equal(np.rint(image.numpy() * 255).astype(np.uint8), want.frames)
     assert np.array_equal(audio["waveform"][0].numpy(), want.audio.waveform)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_low_vram_framewise_decode_as_the_presets(models, roots, dtype):
+    """The presets' `low_vram`: 25 frames (4 latent frames, over the 16-frame tile) decode in temporal tiles, as
+    ai-toolkit's preview does; option `low_vram` off decodes them whole, as a config with low_vram false."""
+    tiled = render(roots, dtype, num_frames=25)
+    frames, wave, rate = reference(models, dtype, num_frames=25)
+    same(tiled.frames, frames)
+    same_audio(tiled, wave, rate)
+    h = handle(roots, dtype).with_options(low_vram=False)
+    whole = engine.render(h, engine.build_request(h.spec, PROMPT, **{**SMALL, "negative_prompt": NEGATIVE,
+                                                                      "num_frames": 25}))
+    frames_whole, _, _ = reference(models, dtype, num_frames=25, low_vram=False)
+    same(whole.frames, frames_whole)
+    gap = levels(tiled.frames, whole.frames)
+    print(f"\nLTX-2 {dtype} 25 frames: framewise (low_vram) vs whole decode: {gap} levels")
+    assert gap > 0, "the framewise decode should change a 25-frame video"
+    assert not handle(roots, dtype).base.pipe.vae.use_framewise_decoding, "the cached VAE is left as it was"

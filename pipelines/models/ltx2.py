@@ -5,7 +5,8 @@ Values from ai-toolkit 27a03a91: the UI presets `ltx2` / `ltx2.3` (`ui/src/app/j
 (`ui/src/helpers/defaultSamples.ts` `defaultSampleConfig`: 30 steps, guidance 4; `jobConfig.ts`: qtype qfloat8) and
 `extensions_built_in/diffusion_models/ltx2/ltx2.py` (`scheduler_config`: dynamic shift 0.95..2.05 over
 1024..4096 tokens, exponential time shift, shift_terminal 0.1; `get_bucket_divisibility` 32;
-`get_base_model_version` "ltx2" for both; `get_transformer_block_names` ["transformer_blocks"]; no quantization
+`get_base_model_version` "ltx2" for both; 2.3's preset `name_or_path` is the single file
+`Lightricks/LTX-2.3/ltx-2.3-22b-dev.safetensors`, its Gemma 3 `ltx_te_path`; `get_transformer_block_names` ["transformer_blocks"]; no quantization
 exclusions; frames snapped to `((n-1)//8)*8+1`; a `ctrl_img` switches the preview to `LTX2ImageToVideoPipeline`).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from .. import latent_formats
+from ..families.ltx2.decode import LTX2Options
 from ..quantize import QuantizeRule
 from ..spec import (ControlSlot, GuidanceSpec, LoraLayout, MediaSpec, ModelSpec, QuantSpec, SampleDefaults,
                     SchedulerSpec, SizeRule)
@@ -44,11 +46,13 @@ LTX2_I2V = ControlSlot("control_image", False, "ai-toolkit's ctrl_img: image-to-
                                                "(LTX2ImageToVideoPipeline); without it, text-to-video")
 LTX2_COMMON = dict(family="ltx2", pipeline_class="LTX2Pipeline", defaults=LTX2_DEFAULTS, scheduler=LTX2_SCHEDULER,
                    controls=(LTX2_I2V,), lora=LTX2_LORA, size=LTX2_SIZE, guidance=GuidanceSpec("cfg"),
-                   media=LTX2_MEDIA, quant=LTX2_QUANT, preview=latent_formats.LTXV, base_versions=("ltx2",))
+                   media=LTX2_MEDIA, quant=LTX2_QUANT, preview=latent_formats.LTXV, base_versions=("ltx2",),
+                   options=LTX2Options())  # low_vram: the presets' framewise decode (families/ltx2)
 
 SPECS = (
     ModelSpec(
         id="ltx2", label="LTX-2", base_repo="Lightricks/LTX-2", variant="2.0", workflow="LTX-2 LoRA",
+        single_file_config="ltx2", checkpoint_marker="model.diffusion_model.av_ca_a2v_gate_adaln_single.",
         notes="LTX2Pipeline with the pipeline's own guidance defaults (CFG + STG on block 28 + modality isolation, "
               "rescale 0.7, audio guidance 7: three transformer calls per step); 121 frames 8k+1, audio at the "
               "vocoder rate; fps only sets the file's rate (the pipeline runs at 24); preset quantizes the "
@@ -57,8 +61,10 @@ SPECS = (
         **LTX2_COMMON),
     ModelSpec(
         id="ltx2.3", label="LTX-2.3", base_repo="Lightricks/LTX-2.3", variant="2.3", workflow="LTX-2.3 LoRA",
+        single_file_config="ltx2.3", checkpoint_marker="model.diffusion_model.prompt_adaln_single.",
         notes="as ltx2, with ai-toolkit's explicit 2.3 guidance values (the same numbers, plus audio rescale 0.7 and "
-              "cross timesteps) and the bandwidth-extension vocoder; Diffusers folders only (ai-toolkit's preset "
-              "loads the single ltx-2.3-22b-dev.safetensors file, which this pack does not convert)",
+              "cross timesteps) and the bandwidth-extension vocoder; base default is the preset's single file "
+              "ltx-2.3-22b-dev.safetensors (Lightricks' layout, converted on load) with the Gemma 3 of "
+              "Lightricks/gemma-3-12b-it-qat-q4_0-unquantized, as ai-toolkit loads them",
         **LTX2_COMMON),
 )

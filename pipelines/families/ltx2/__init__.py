@@ -39,8 +39,11 @@ import os
 import torch
 
 from ...errors import ControlImageError, ModelSourceError
+from ...sources import hub_file, single_file_config_dir
 from ..base import Family
 from ..common import from_source, prepare_components, quantize_components, step_callback_kwargs
+from . import single_file
+from .decode import framewise_decoding
 
 MAX_TOKENS = 1024   # get_prompt_embeds max_length, pad_embeds target_length
 SIZE_MULTIPLE = 32  # LTX2Model.get_bucket_divisibility
@@ -118,25 +121,23 @@ class LTX2(Family):
     """LTX-2.0 (`LTX2Pipeline`, the pipeline's own guidance defaults)."""
     lora_component_names = ("transformer",)
     vocoder_class = "LTX2Vocoder"
+    #: the file base "default" loads from the registry repo (None: the repo is a Diffusers folder, as LTX-2's)
+    hub_checkpoint: str | None = None
+    #: where ai-toolkit reads the Gemma 3 for a single file without one beside it (2.0: the combined repo's
+    #: text_encoder/ + tokenizer/ folders, as its `name_or_path` fallback; 2.3: `ltx_te_path`, a transformers repo)
+    te_repo = "Lightricks/LTX-2"
+    te_repo_subfolders = True
     #: the guidance arguments ai-toolkit passes besides guidance_scale (2.0: none)
     guidance_values: dict = {}
     original_names = ORIGINAL_NAMES
 
     # ---- loading -------------------------------------------------------------------------------------------
     def load(self, spec, source, dtype, device, quantization=None):
-        from diffusers import LTX2Pipeline
-
-        if source.kind == "single_file":
-            raise ModelSourceError(
-                f"{os.path.basename(source.location)} is a single-file checkpoint: this pack loads {spec.label} "
-                "from a Diffusers folder (transformer/, text_encoder/, vae/, audio_vae/, connectors/, vocoder/). "
-                "Convert it, or pick a Diffusers folder as the base.")
-        pipe = from_source(LTX2Pipeline, spec, source, scheduler=self.scheduler(spec))
+        if source.kind == "single_file" or (source.kind == "hub" and self.hub_checkpoint):
+            pipe = self._from_checkpoint(spec, source)
+        else:
+            pipe = self._from_folder(spec, source)
         label = os.path.basename(source.location)
-        missing = [n for n in ("transformer", "text_encoder", "tokenizer", "vae", "audio_vae", "connectors",
-                               "vocoder") if getattr(pipe, n, None) is None]
-        if missing:
-            raise ModelSourceError(f"{label} has no {', '.join(missing)}: it is not a complete {spec.label} model.")
         vocoder = type(pipe.vocoder).__name__
         if vocoder != self.vocoder_class:
             raise ModelSourceError(f"{label}: its vocoder is {vocoder}, but {spec.label} uses {self.vocoder_class} "
@@ -147,6 +148,33 @@ class LTX2(Family):
         prepare_components(pipe, label, spec, dtype, device)
         quantize_components(pipe, spec, quantization, dtype)
         return pipe
+
+    def _from_folder(self, spec, source):
+        from diffusers import LTX2Pipeline
+
+        pipe = from_source(LTX2Pipeline, spec, source, scheduler=self.scheduler(spec))
+        missing = [n for n in ("transformer", "text_encoder", "tokenizer", "vae", "audio_vae", "connectors",
+                               "vocoder") if getattr(pipe, n, None) is None]
+        if missing:
+            raise ModelSourceError(f"{os.path.basename(source.location)} has no {', '.join(missing)}: it is not a "
+                                   f"complete {spec.label} model.")
+        return pipe
+
+    def _from_checkpoint(self, spec, source):
+        """ai-toolkit's `.safetensors` `name_or_path` (`single_file.py`): a file under checkpoints/, or for base
+        "default" the preset's file in the registry repo (`hub_checkpoint`, from the HF cache)."""
+        from diffusers import LTX2Pipeline
+
+        if source.kind == "hub":
+            path = hub_file(source.location, self.hub_checkpoint)
+            config_dir = single_file_config_dir(spec, path)
+        else:
+            path, config_dir = source.location, source.config_dir
+        parts = single_file.load_parts(path, config_dir, spec.variant, self.original_names, self.vocoder_class,
+                                       spec.label)
+        text_encoder, tokenizer = single_file.load_text_parts(config_dir, self.te_repo, self.te_repo_subfolders,
+                                                              os.path.basename(path))
+        return LTX2Pipeline(scheduler=self.scheduler(spec), text_encoder=text_encoder, tokenizer=tokenizer, **parts)
 
     def module_names(self, spec, component, module):
         names = super().module_names(spec, component, module)
@@ -190,7 +218,7 @@ class LTX2(Family):
                          f"LANCZOS, then H.264-re-encoded at CRF {I2V_IMAGE_CRF} by LTX2ImageToVideoPipeline)")
         frames = request.num_frames
         dtype = pipe.vae.dtype  # the sampling dtype (the VAE is never quantized)
-        with torch.no_grad():
+        with torch.no_grad(), framewise_decoding(pipe.vae, self.options(spec, request).low_vram):
             embeds, mask = encode_ltx2(sampling, request.prompt, dtype)
             negative, negative_mask = encode_ltx2(sampling, request.negative_prompt or "", dtype)
             video, audio = sampling(
@@ -223,6 +251,9 @@ class LTX2(Family):
 class LTX23(LTX2):
     """LTX-2.3 (`LTX23Model`): the bandwidth-extension vocoder and ai-toolkit's explicit guidance values."""
     vocoder_class = "LTX2VocoderWithBWE"
+    hub_checkpoint = "ltx-2.3-22b-dev.safetensors"  # the preset's name_or_path Lightricks/LTX-2.3/<this>
+    te_repo = "Lightricks/gemma-3-12b-it-qat-q4_0-unquantized"  # LTX23Model.ltx_te_path
+    te_repo_subfolders = False
     guidance_values = LTX2_3_GUIDANCE
     original_names = ORIGINAL_NAMES_2_3
 
