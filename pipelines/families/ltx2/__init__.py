@@ -3,9 +3,11 @@
 
 What ai-toolkit 0.12.26 (27a03a91) does (`extensions_built_in/diffusion_models/ltx2/ltx2.py:LTX2Model`,
 `LTX23Model`; `toolkit/models/base_model.py:BaseModel.generate_images`), and so what this does:
-- `load_model` (a Diffusers folder): transformer, Gemma 3 (`vision_tower` dropped), video VAE, audio VAE,
-  connectors and vocoder (`LTX2Vocoder`; `LTX2VocoderWithBWE` for 2.3) in the sampling dtype; the transformer
-  quantized blocks first when `quantize`, the Gemma 3 with plain `quantize` when `quantize_te`;
+- `load_model`: transformer, Gemma 3 (`vision_tower` dropped), video VAE, audio VAE, connectors and vocoder
+  (`LTX2Vocoder`; `LTX2VocoderWithBWE` for 2.3) in the sampling dtype, from a Diffusers folder or from one
+  original-layout `.safetensors` (the 2.3 preset's `ltx-2.3-22b-dev.safetensors`, with the Gemma 3 of its
+  `ltx_te_path`: `single_file.py`); the transformer quantized blocks first when `quantize`, the Gemma 3 with plain
+  `quantize` when `quantize_te`;
 - `get_generation_pipeline`: a stock `LTX2Pipeline` over those parts with a fresh
   `CustomFlowMatchEulerDiscreteScheduler(**scheduler_config)` (the registry's config: dynamic shift from the
   packed video token count, sigmas `linspace(1, 1/N, N)`);
@@ -25,7 +27,7 @@ What ai-toolkit 0.12.26 (27a03a91) does (`extensions_built_in/diffusion_models/l
   so the pipeline's `image_crf` default (33 for a Gemma 3 encoder) re-encodes it as one H.264 frame through PyAV
   (`av`, checked before anything runs) before its VAE encode. The video is `round(x*255)`; the audio
   `audio[0].float()` [2, T] at `vocoder.config.output_sampling_rate`, which ai-toolkit writes into the mp4 (int16
-  AAC). One frame: an image, no audio.
+  AAC). One frame: an image, no audio. With `low_vram` (both presets) the VAE decodes framewise (`decode.py`).
 
 LoRA names: `diffusion_model.transformer_blocks.N.<Diffusers path>` (`convert_lora_diffusers_to_original` is an
 identity on the block Linears), peft `lora_A`/`lora_B`, no alpha; merged at the node's strength on the first run.
